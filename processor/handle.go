@@ -1,0 +1,199 @@
+package processor
+
+import (
+	"encoding/json"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"github.com/sirupsen/logrus"
+
+	"github.com/wxnotify/wxnotify/rules"
+	"github.com/wxnotify/wxnotify/sink"
+	"github.com/wxnotify/wxnotify/sink/wechat"
+)
+
+// event is one fetched record on its way through: it finishes (its offset may be committed)
+// once every one of its notifications has an acknowledged outcome.
+type event struct {
+	p       *Processor
+	pt      *partition
+	msg     kafka.Message
+	slot    *slot
+	id      string
+	time    time.Time // occurred_at, else the record's timestamp
+	version string    // rule set version that evaluated it
+	start   time.Time
+	pending atomic.Int32
+	lost    atomic.Bool // an outcome was never acknowledged: the offset must stay uncommitted
+}
+
+// handle evaluates one record and starts its notifications. It runs on the partition's fetch
+// goroutine, so records of a partition enter the scheduler in offset order.
+func (p *Processor) handle(pt *partition, msg kafka.Message) {
+	pt.hwm.Store(msg.HighWaterMark)
+	p.metrics.consumed.WithLabelValues(pt.topic).Inc()
+	ev := &event{p: p, pt: pt, msg: msg, slot: pt.tracker.add(msg.Offset), start: p.cfg.Now()}
+
+	decoded, err := rules.DecodeEvent(msg.Value)
+	if err != nil {
+		p.deadLetter(ev, "undecodable", err)
+		return
+	}
+	ev.id = decoded.ID()
+	if ev.id == "" {
+		ev.id = pt.topic + "/" + strconv.Itoa(pt.id) + "/" + strconv.FormatInt(msg.Offset, 10)
+	}
+	ev.time = msg.Time
+	if t, ok := decoded.OccurredAt(); ok {
+		ev.time = t
+	}
+	set := p.rules.Current()
+	ev.version = set.Version
+	meta := rules.Meta{EventID: ev.id, Topic: pt.topic, Partition: pt.id, Offset: msg.Offset, Key: msg.Key, Time: msg.Time}
+	notes := set.Evaluate(decoded, meta, nil)
+
+	n := 0
+	for i := range notes {
+		if notes[i].WhenErr {
+			p.metrics.ruleErrors.WithLabelValues(notes[i].Rule.Name).Inc()
+			p.log.WithError(notes[i].Err).WithFields(logrus.Fields{"event_id": ev.id, "rule": notes[i].Rule.Name}).Debug("rule condition failed to evaluate; treated as no match")
+			continue
+		}
+		n++
+	}
+	if n == 0 {
+		p.metrics.unmatched.Inc()
+		ev.finish()
+		return
+	}
+	ev.pending.Store(int32(n))
+	laneKey := ""
+	if len(msg.Key) > 0 {
+		laneKey = "k\x00" + pt.topic + "\x00" + strconv.Itoa(pt.id) + "\x00" + string(msg.Key)
+	}
+	for i := range notes {
+		note := notes[i]
+		switch {
+		case note.WhenErr:
+		case note.Err != nil:
+			p.emit(ev, &note, StatusRejected, wechat.Result{ErrMsg: note.Err.Error()})
+		case p.cfg.DryRun || note.Rule.DryRun:
+			p.emit(ev, &note, StatusDryRun, wechat.Result{})
+		default:
+			userKey := "u\x00" + note.Rule.Account + "\x00" + note.ToUser
+			p.sched.submit(newTask(func(t *task) { p.send(t, ev, &note) }, laneKey, userKey))
+		}
+	}
+}
+
+// send makes the WeChat call for one notification; it holds the notification's lanes only for
+// the call, not for the outcome write.
+func (p *Processor) send(t *task, ev *event, note *rules.Notification) {
+	res := p.sender.Send(p.sendCtx, wechat.Request{
+		Account:        note.Rule.Account,
+		API:            note.Rule.API,
+		Body:           note.Body,
+		ToUser:         note.ToUser,
+		TemplateID:     note.TemplateID,
+		RetryOnTimeout: note.Rule.RetryOnTimeout,
+	})
+	p.sched.done(t)
+	status := StatusSent
+	if !res.OK() {
+		status = StatusFailed
+		p.warn.WithFields(logrus.Fields{
+			"event_id": ev.id, "rule": note.Rule.Name, "api": note.Rule.API, "errcode": res.ErrCode,
+			"errmsg": res.ErrMsg, "class": res.Class, "attempts": res.Attempts,
+			"topic": ev.pt.topic, "partition": ev.pt.id, "offset": ev.msg.Offset,
+		}).Warn("notification failed")
+	}
+	p.emit(ev, note, status, res)
+}
+
+// emit publishes the outcome of one notification.
+func (p *Processor) emit(ev *event, note *rules.Notification, status string, res wechat.Result) {
+	now := p.cfg.Now()
+	o := Outcome{
+		Schema:      OutcomeSchema,
+		EventID:     ev.id,
+		Rule:        note.Rule.Name,
+		RuleVersion: ev.version,
+		Account:     note.Rule.Account,
+		API:         note.Rule.API,
+		ToUser:      note.ToUser,
+		TemplateID:  note.TemplateID,
+		Status:      status,
+		ErrCode:     res.ErrCode,
+		ErrMsg:      res.ErrMsg,
+		MsgID:       res.MsgID,
+		Attempts:    res.Attempts,
+		Class:       string(res.Class),
+		Source:      Source{Topic: ev.pt.topic, Partition: ev.pt.id, Offset: ev.msg.Offset},
+		EventTime:   formatTime(ev.time),
+		ProcessedAt: formatTime(now),
+		LatencyMS:   latencyMS(now.Sub(ev.start)),
+	}
+	if status == StatusDryRun {
+		o.Body = note.Body
+	}
+	if status == StatusRejected {
+		p.warn.WithFields(logrus.Fields{"event_id": ev.id, "rule": note.Rule.Name, "reason": res.ErrMsg,
+			"topic": ev.pt.topic, "partition": ev.pt.id, "offset": ev.msg.Offset}).Warn("notification rejected")
+	}
+	p.metrics.notifications.WithLabelValues(note.Rule.Name, note.Rule.API, status).Inc()
+	value, err := json.Marshal(&o)
+	if err != nil { // cannot happen for this struct; keep the event unfinished rather than lose it
+		p.log.WithError(err).WithField("event_id", ev.id).Error("encoding outcome")
+		return
+	}
+	p.pub.Publish(sink.Record{Topic: p.cfg.OutcomesTopic, Key: ev.msg.Key, Value: value}, ev.acked)
+}
+
+// acked is the Publisher callback for each of the event's records.
+func (ev *event) acked(err error) {
+	if err != nil {
+		ev.lost.Store(true)
+	}
+	if ev.pending.Add(-1) != 0 {
+		return
+	}
+	if ev.lost.Load() {
+		// The writer closed before the broker acknowledged an outcome: leave the offset
+		// uncommitted so the next owner redoes the event, but give back the budget.
+		ev.p.release()
+		return
+	}
+	ev.finish()
+}
+
+func (ev *event) finish() {
+	ev.slot.finish()
+	ev.p.metrics.eventSeconds.Observe(ev.p.cfg.Now().Sub(ev.start).Seconds())
+	ev.p.release()
+}
+
+func (p *Processor) release() {
+	<-p.budget
+	p.metrics.inFlight.Dec()
+}
+
+// deadLetter copies an event the processor cannot handle to the dead-letter topic with the
+// reason and its source coordinates in headers, and lets the stream move on once it is written.
+func (p *Processor) deadLetter(ev *event, reason string, cause error) {
+	p.metrics.deadLettered.WithLabelValues(reason).Inc()
+	p.warn.WithError(cause).WithFields(logrus.Fields{"topic": ev.pt.topic, "partition": ev.pt.id, "offset": ev.msg.Offset, "reason": reason}).
+		Warn("event written to the dead-letter topic")
+	headers := append([]kafka.Header(nil), ev.msg.Headers...)
+	headers = append(headers,
+		kafka.Header{Key: "wxnotify.reason", Value: []byte(reason)},
+		kafka.Header{Key: "wxnotify.error", Value: []byte(cause.Error())},
+		kafka.Header{Key: "wxnotify.source.topic", Value: []byte(ev.pt.topic)},
+		kafka.Header{Key: "wxnotify.source.partition", Value: []byte(strconv.Itoa(ev.pt.id))},
+		kafka.Header{Key: "wxnotify.source.offset", Value: []byte(strconv.FormatInt(ev.msg.Offset, 10))},
+		kafka.Header{Key: "wxnotify.source.timestamp", Value: []byte(formatTime(ev.msg.Time))},
+	)
+	ev.pending.Store(1)
+	p.pub.Publish(sink.Record{Topic: p.cfg.DeadLetterTopic, Key: ev.msg.Key, Value: ev.msg.Value, Headers: headers}, ev.acked)
+}

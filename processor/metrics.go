@@ -1,0 +1,74 @@
+package processor
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	consumed      *prometheus.CounterVec
+	unmatched     prometheus.Counter
+	deadLettered  *prometheus.CounterVec
+	notifications *prometheus.CounterVec
+	ruleErrors    *prometheus.CounterVec
+	inFlight      prometheus.Gauge
+	lag           *prometheus.GaugeVec
+	lastCommit    prometheus.Gauge
+	commitErrors  prometheus.Counter
+	assigned      prometheus.Gauge
+	rebalances    prometheus.Counter
+	eventSeconds  prometheus.Histogram
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		consumed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wxnotify_events_consumed_total", Help: "Events fetched from Kafka, by topic.",
+		}, []string{"topic"}),
+		unmatched: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wxnotify_events_unmatched_total", Help: "Events that matched no rule (no outcome is written for them).",
+		}),
+		deadLettered: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wxnotify_events_dead_lettered_total", Help: "Events written to the dead-letter topic, by reason.",
+		}, []string{"reason"}),
+		notifications: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wxnotify_notifications_total", Help: "Notifications by rule, api and outcome status.",
+		}, []string{"rule", "api", "status"}),
+		ruleErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wxnotify_rule_when_errors_total", Help: "Evaluations of a rule's `when` that failed at run time (treated as no match).",
+		}, []string{"rule"}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "wxnotify_inflight_events", Help: "Events fetched whose outcomes are not yet all acknowledged.",
+		}),
+		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "wxnotify_consumer_lag", Help: "Records between the partition's high watermark and the committed offset, per assigned partition.",
+		}, []string{"topic", "partition"}),
+		lastCommit: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "wxnotify_last_commit_timestamp_seconds", Help: "Unix time of the last successful offset commit.",
+		}),
+		commitErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wxnotify_commit_errors_total", Help: "Offset commits that failed (retried on the next tick).",
+		}),
+		assigned: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "wxnotify_assigned_partitions", Help: "Partitions assigned to this process in the current generation.",
+		}),
+		rebalances: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wxnotify_group_generations_total", Help: "Consumer group generations this process joined.",
+		}),
+		eventSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "wxnotify_event_duration_seconds",
+			Help:    "From fetching an event to the acknowledgement of its last outcome.",
+			Buckets: []float64{.005, .01, .025, .05, .075, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.consumed, m.unmatched, m.deadLettered, m.notifications, m.ruleErrors,
+			m.inFlight, m.lag, m.lastCommit, m.commitErrors, m.assigned, m.rebalances, m.eventSeconds} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("register processor metrics: %w", err)
+			}
+		}
+	}
+	return m, nil
+}

@@ -1,0 +1,339 @@
+package processor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/segmentio/kafka-go"
+	"github.com/sirupsen/logrus"
+
+	"github.com/wxnotify/wxnotify/rules"
+	"github.com/wxnotify/wxnotify/sink"
+	"github.com/wxnotify/wxnotify/sink/wechat"
+)
+
+// Sender sends one WeChat request, with whatever retries its policy allows, and reports the
+// final answer. *wechat.Client implements it.
+type Sender interface {
+	Send(ctx context.Context, req wechat.Request) wechat.Result
+}
+
+// Publisher writes a record and reports once, from any goroutine, when the broker acknowledged
+// it (nil) or when it never will (an error). *sink.Writer implements it.
+type Publisher interface {
+	Publish(rec sink.Record, done func(error))
+}
+
+// RuleSource yields the rule set to evaluate the next event with. Every event is evaluated by
+// exactly one set, so a reload that swaps the set takes effect between events.
+type RuleSource interface {
+	Current() *rules.Set
+}
+
+// Config configures a Processor. Zero values take the documented defaults.
+type Config struct {
+	Brokers         []string
+	GroupID         string
+	Topics          []string
+	OutcomesTopic   string
+	DeadLetterTopic string
+
+	// MaxInFlight bounds the events fetched but not finished, across all partitions: the
+	// memory bound and the back-pressure on fetching. Default 1024.
+	MaxInFlight int
+	// CommitInterval is how often each partition's finished watermark is committed. Default 200ms.
+	CommitInterval time.Duration
+	// DrainTimeout bounds how long revoked partitions (rebalance or shutdown) wait for in-flight
+	// work before their final commit; work still running then is abandoned uncommitted and will be
+	// redone by the next owner. Default 15s; keep it below RebalanceTimeout.
+	DrainTimeout time.Duration
+	// SessionTimeout, HeartbeatInterval and RebalanceTimeout are the consumer group's. Defaults
+	// 10s, 3s, 30s.
+	SessionTimeout, HeartbeatInterval, RebalanceTimeout time.Duration
+	// StartOffset is where a partition with no committed offset starts: kafka.FirstOffset
+	// (default) or kafka.LastOffset.
+	StartOffset int64
+	// Dialer connects to the brokers (TLS, SASL); nil = kafka-go's default dialer.
+	Dialer *kafka.Dialer
+	// DryRun makes every rule dry-run: everything but the WeChat call.
+	DryRun bool
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+}
+
+func (c *Config) withDefaults() {
+	if c.MaxInFlight <= 0 {
+		c.MaxInFlight = 1024
+	}
+	if c.CommitInterval <= 0 {
+		c.CommitInterval = 200 * time.Millisecond
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = 15 * time.Second
+	}
+	if c.SessionTimeout <= 0 {
+		c.SessionTimeout = 10 * time.Second
+	}
+	if c.HeartbeatInterval <= 0 {
+		c.HeartbeatInterval = 3 * time.Second
+	}
+	if c.RebalanceTimeout <= 0 {
+		c.RebalanceTimeout = 30 * time.Second
+	}
+	if c.StartOffset == 0 {
+		c.StartOffset = kafka.FirstOffset
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// Validate reports the first missing or inconsistent field, named as in the config file.
+func (c Config) Validate() error {
+	switch {
+	case len(c.Brokers) == 0:
+		return errors.New("kafka.brokers: empty")
+	case c.GroupID == "":
+		return errors.New("kafka.group_id: empty")
+	case len(c.Topics) == 0:
+		return errors.New("kafka.events_topic: empty")
+	case c.OutcomesTopic == "":
+		return errors.New("kafka.outcomes_topic: empty")
+	case c.DeadLetterTopic == "":
+		return errors.New("kafka.dead_letter_topic: empty")
+	case c.StartOffset != 0 && c.StartOffset != kafka.FirstOffset && c.StartOffset != kafka.LastOffset:
+		return errors.New("kafka.start_offset: must be first or last")
+	}
+	for _, t := range c.Topics {
+		if t == c.OutcomesTopic || t == c.DeadLetterTopic {
+			return fmt.Errorf("kafka.events_topic: %q is also the outcomes or dead-letter topic", t)
+		}
+	}
+	return nil
+}
+
+// Processor consumes events and produces notifications and outcomes. Run it once.
+type Processor struct {
+	cfg     Config
+	rules   RuleSource
+	sender  Sender
+	pub     Publisher
+	log     logrus.FieldLogger
+	metrics *metrics
+	sched   *scheduler
+	budget  chan struct{}
+	sendCtx context.Context
+	joined  atomic.Bool
+	warn    *logLimiter
+}
+
+// New builds a Processor. Metrics are registered on reg.
+func New(cfg Config, rs RuleSource, sender Sender, pub Publisher, reg prometheus.Registerer, log logrus.FieldLogger) (*Processor, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.withDefaults()
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	return &Processor{
+		cfg: cfg, rules: rs, sender: sender, pub: pub, log: log, metrics: m,
+		sched:  newScheduler(),
+		budget: make(chan struct{}, cfg.MaxInFlight),
+		warn:   newLogLimiter(log, 20),
+	}, nil
+}
+
+// Joined reports whether the processor currently holds a consumer group generation.
+func (p *Processor) Joined() bool { return p.joined.Load() }
+
+// Run consumes until ctx is cancelled, then shuts down in order: stop fetching, finish
+// in-flight work within DrainTimeout, commit, leave the group. Outcomes of finished work have
+// been acknowledged by the broker before their offsets are committed; the caller closes the
+// Publisher after Run returns.
+func (p *Processor) Run(ctx context.Context) error {
+	sendCtx, cancelSends := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelSends()
+	p.sendCtx = sendCtx
+
+	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
+		ID:                p.cfg.GroupID,
+		Brokers:           p.cfg.Brokers,
+		Dialer:            p.cfg.Dialer,
+		Topics:            p.cfg.Topics,
+		SessionTimeout:    p.cfg.SessionTimeout,
+		HeartbeatInterval: p.cfg.HeartbeatInterval,
+		RebalanceTimeout:  p.cfg.RebalanceTimeout,
+		StartOffset:       p.cfg.StartOffset,
+		JoinGroupBackoff:  time.Second,
+		ErrorLogger:       kafka.LoggerFunc(func(f string, a ...any) { p.log.Warnf("kafka group: "+f, a...) }),
+		Logger:            kafka.LoggerFunc(func(f string, a ...any) { p.log.Debugf("kafka group: "+f, a...) }),
+	})
+	if err != nil {
+		return fmt.Errorf("consumer group: %w", err)
+	}
+	for {
+		gen, err := group.Next(ctx)
+		if ctx.Err() != nil {
+			break
+		}
+		if err != nil {
+			p.log.WithError(err).Warn("joining the consumer group failed; retrying")
+			continue
+		}
+		p.metrics.rebalances.Inc()
+		gen.Start(func(gctx context.Context) { p.runGeneration(gctx, gen) })
+	}
+	// Closing the group ends the current generation: runGeneration drains, commits and returns
+	// before Close leaves the group.
+	err = group.Close()
+	p.joined.Store(false)
+	return err
+}
+
+// partition is one assigned partition within a generation.
+type partition struct {
+	topic     string
+	id        int
+	tracker   *tracker
+	hwm       atomic.Int64 // high watermark seen at the last fetch
+	committed int64        // last committed offset (committer goroutine only)
+}
+
+func (p *Processor) runGeneration(gctx context.Context, gen *kafka.Generation) {
+	var parts []*partition
+	for topic, assigned := range gen.Assignments {
+		for _, a := range assigned {
+			parts = append(parts, &partition{topic: topic, id: a.ID, tracker: newTracker(a.Offset), committed: a.Offset})
+		}
+	}
+	p.joined.Store(true)
+	p.metrics.assigned.Set(float64(len(parts)))
+	p.log.WithFields(logrus.Fields{"generation": gen.ID, "member": gen.MemberID, "partitions": len(parts)}).Info("joined consumer group generation")
+
+	var fetchers sync.WaitGroup
+	for _, pt := range parts {
+		fetchers.Add(1)
+		go func() {
+			defer fetchers.Done()
+			p.fetch(gctx, pt)
+		}()
+	}
+
+	ticker := time.NewTicker(p.cfg.CommitInterval)
+	defer ticker.Stop()
+loop:
+	for {
+		select {
+		case <-gctx.Done():
+			break loop
+		case <-ticker.C:
+			p.commit(gen, parts)
+		}
+	}
+
+	// Revoked (rebalance or shutdown): fetching stops with gctx; wait for in-flight work within
+	// the drain deadline, then make the final commit while the generation is still ours.
+	fetchers.Wait()
+	deadline := time.NewTimer(p.cfg.DrainTimeout)
+	defer deadline.Stop()
+	abandoned := 0
+	for _, pt := range parts {
+		select {
+		case <-pt.tracker.drained():
+		case <-deadline.C:
+			deadline.Reset(0)
+		}
+		abandoned += pt.tracker.inFlight()
+	}
+	p.commit(gen, parts)
+	for _, pt := range parts {
+		p.metrics.lag.DeleteLabelValues(pt.topic, fmt.Sprint(pt.id))
+	}
+	p.metrics.assigned.Set(0)
+	fields := logrus.Fields{"generation": gen.ID, "partitions": len(parts)}
+	if abandoned > 0 {
+		p.log.WithFields(fields).WithField("abandoned_events", abandoned).Warn("partitions revoked before their in-flight work finished; the next owner will redo it")
+	} else {
+		p.log.WithFields(fields).Info("partitions revoked after finishing in-flight work and committing")
+	}
+}
+
+// commit commits every partition whose finished watermark moved, in one request.
+func (p *Processor) commit(gen *kafka.Generation, parts []*partition) {
+	offsets := map[string]map[int]int64{}
+	var moved []*partition
+	for _, pt := range parts {
+		cp := pt.tracker.commitPoint()
+		if hwm := pt.hwm.Load(); hwm > 0 && cp >= 0 {
+			p.metrics.lag.WithLabelValues(pt.topic, fmt.Sprint(pt.id)).Set(float64(max(hwm-cp, 0)))
+		}
+		if cp < 0 || cp <= pt.committed {
+			continue
+		}
+		if offsets[pt.topic] == nil {
+			offsets[pt.topic] = map[int]int64{}
+		}
+		offsets[pt.topic][pt.id] = cp
+		moved = append(moved, pt)
+	}
+	if len(moved) == 0 {
+		return
+	}
+	if err := gen.CommitOffsets(offsets); err != nil {
+		p.metrics.commitErrors.Inc()
+		p.log.WithError(err).WithField("generation", gen.ID).Warn("offset commit failed; will retry")
+		return
+	}
+	for _, pt := range moved {
+		pt.committed = offsets[pt.topic][pt.id]
+	}
+	p.metrics.lastCommit.Set(float64(p.cfg.Now().UnixNano()) / 1e9)
+}
+
+// fetch reads one partition until gctx ends, feeding events in offset order.
+func (p *Processor) fetch(gctx context.Context, pt *partition) {
+	r := kafka.NewReader(kafka.ReaderConfig{
+		Brokers:        p.cfg.Brokers,
+		Topic:          pt.topic,
+		Partition:      pt.id,
+		Dialer:         p.cfg.Dialer,
+		MinBytes:       1,
+		MaxBytes:       4 << 20,
+		MaxWait:        250 * time.Millisecond,
+		QueueCapacity:  256,
+		ReadBackoffMin: 100 * time.Millisecond,
+		ReadBackoffMax: 2 * time.Second,
+		ErrorLogger:    kafka.LoggerFunc(func(f string, a ...any) { p.warn.Warnf("kafka reader: "+f, a...) }),
+	})
+	defer r.Close()
+	if err := r.SetOffset(pt.tracker.commitPoint()); err != nil {
+		p.log.WithError(err).WithFields(logrus.Fields{"topic": pt.topic, "partition": pt.id}).Error("cannot position the partition reader")
+		return
+	}
+	for {
+		select {
+		case p.budget <- struct{}{}:
+		case <-gctx.Done():
+			return
+		}
+		msg, err := r.FetchMessage(gctx)
+		if err != nil {
+			<-p.budget
+			if gctx.Err() != nil {
+				return
+			}
+			p.warn.WithError(err).WithFields(logrus.Fields{"topic": pt.topic, "partition": pt.id}).Warn("fetch failed; retrying")
+			time.Sleep(200 * time.Millisecond)
+			continue
+		}
+		p.metrics.inFlight.Inc()
+		p.handle(pt, msg)
+	}
+}

@@ -1,0 +1,125 @@
+package processor
+
+import "sync"
+
+// scheduler runs tasks concurrently while keeping, for every key a task names, the tasks of that
+// key one at a time and in submission order. A task names up to two keys: its Kafka key (so
+// events with one key are sent in offset order) and its recipient (so no two sends to one user
+// are in flight together: WeChat answers 43108 to that).
+//
+// Each key has a FIFO lane; a task starts when it heads every lane it is in. Because a task joins
+// all its lanes in one atomic step, and submissions are totally ordered, a task only ever waits
+// for tasks submitted before it, so there is no deadlock. This is the key-level ordering of
+// Confluent's parallel-consumer, with the recipient as a second key.
+//
+// The scheduler does not bound work: the processor's in-flight budget does.
+type scheduler struct {
+	mu    sync.Mutex
+	lanes map[string]*lane
+	free  []*lane
+}
+
+type lane struct {
+	tasks []*task
+	head  int
+}
+
+// task is one unit of keyed work. run is started in its own goroutine and must call
+// scheduler.done(t) exactly once when the work no longer needs its keys.
+type task struct {
+	keys    [2]string
+	nkeys   int
+	blocked int // lanes in which the task is not yet at the head
+	run     func(*task)
+}
+
+func newScheduler() *scheduler {
+	return &scheduler{lanes: make(map[string]*lane)}
+}
+
+// submit queues t behind earlier tasks sharing a key and starts it if none is ahead. Empty keys
+// are ignored.
+func (s *scheduler) submit(t *task) {
+	s.mu.Lock()
+	for i := 0; i < t.nkeys; i++ {
+		k := t.keys[i]
+		l := s.lanes[k]
+		if l == nil {
+			l = s.newLane()
+			s.lanes[k] = l
+		}
+		l.tasks = append(l.tasks, t)
+		if len(l.tasks)-l.head > 1 {
+			t.blocked++
+		}
+	}
+	ready := t.blocked == 0
+	s.mu.Unlock()
+	if ready {
+		go t.run(t)
+	}
+}
+
+// done releases t's keys and starts the tasks that were waiting only for it.
+func (s *scheduler) done(t *task) {
+	var ready [2]*task
+	n := 0
+	s.mu.Lock()
+	for i := 0; i < t.nkeys; i++ {
+		k := t.keys[i]
+		l := s.lanes[k]
+		l.tasks[l.head] = nil
+		l.head++
+		if l.head == len(l.tasks) {
+			delete(s.lanes, k)
+			s.freeLane(l)
+			continue
+		}
+		next := l.tasks[l.head]
+		next.blocked--
+		if next.blocked == 0 {
+			ready[n] = next
+			n++
+		}
+	}
+	s.mu.Unlock()
+	for _, r := range ready[:n] {
+		go r.run(r)
+	}
+}
+
+// pending returns how many keys have a lane (tests, metrics).
+func (s *scheduler) pending() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.lanes)
+}
+
+func (s *scheduler) newLane() *lane {
+	if n := len(s.free); n > 0 {
+		l := s.free[n-1]
+		s.free = s.free[:n-1]
+		return l
+	}
+	return &lane{}
+}
+
+func (s *scheduler) freeLane(l *lane) {
+	if cap(l.tasks) > 64 || len(s.free) >= 4096 {
+		return // let a lane that grew large be collected
+	}
+	l.tasks, l.head = l.tasks[:0], 0
+	s.free = append(s.free, l)
+}
+
+// newTask builds a task over the non-empty keys given.
+func newTask(run func(*task), keys ...string) *task {
+	t := &task{run: run}
+	for _, k := range keys {
+		if k != "" && t.nkeys < len(t.keys) && (t.nkeys == 0 || t.keys[0] != k) {
+			t.keys[t.nkeys] = k
+			t.nkeys++
+		}
+	}
+	return t
+}

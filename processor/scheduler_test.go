@@ -1,0 +1,131 @@
+package processor
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestSchedulerKeyOrderAndExclusion submits many tasks over few keys from several submitters and
+// checks what the processor relies on: per key, tasks run one at a time and in submission order,
+// unrelated keys run concurrently, and every task runs.
+func TestSchedulerKeyOrderAndExclusion(t *testing.T) {
+	s := newScheduler()
+	const tasks = 5000
+	var (
+		mu        sync.Mutex
+		running   = map[string]int{}
+		lastSeq   = map[string]int{}
+		violation atomic.Value
+		maxConc   atomic.Int64
+		conc      atomic.Int64
+		wg        sync.WaitGroup
+	)
+	rng := rand.New(rand.NewPCG(1, 2))
+	wg.Add(tasks)
+	for i := 0; i < tasks; i++ {
+		seq := i
+		k1 := fmt.Sprintf("k:%d", rng.IntN(40))
+		k2 := fmt.Sprintf("u:%d", rng.IntN(25))
+		pause := time.Duration(rng.IntN(50)) * time.Microsecond
+		run := func(tk *task) {
+			defer wg.Done()
+			c := conc.Add(1)
+			for {
+				m := maxConc.Load()
+				if c <= m || maxConc.CompareAndSwap(m, c) {
+					break
+				}
+			}
+			mu.Lock()
+			for j := 0; j < tk.nkeys; j++ {
+				k := tk.keys[j]
+				if running[k] > 0 {
+					violation.Store(fmt.Sprintf("key %s ran twice at once", k))
+				}
+				if last, ok := lastSeq[k]; ok && last > seq {
+					violation.Store(fmt.Sprintf("key %s ran %d after %d", k, seq, last))
+				}
+				running[k]++
+				lastSeq[k] = seq
+			}
+			mu.Unlock()
+			time.Sleep(pause)
+			mu.Lock()
+			for j := 0; j < tk.nkeys; j++ {
+				running[tk.keys[j]]--
+			}
+			mu.Unlock()
+			conc.Add(-1)
+			s.done(tk)
+		}
+		s.submit(newTask(run, k1, k2))
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("tasks did not all run: scheduler stalled with %d lanes", s.pending())
+	}
+	if v := violation.Load(); v != nil {
+		t.Fatal(v)
+	}
+	if s.pending() != 0 {
+		t.Fatalf("lanes left behind: %d", s.pending())
+	}
+	if maxConc.Load() < 2 {
+		t.Fatalf("unrelated keys never ran concurrently (max %d)", maxConc.Load())
+	}
+}
+
+func TestNewTaskSkipsEmptyAndDuplicateKeys(t *testing.T) {
+	for _, tc := range []struct {
+		keys []string
+		want int
+	}{
+		{[]string{"", "u:1"}, 1},
+		{[]string{"k:1", ""}, 1},
+		{[]string{"k:1", "k:1"}, 1},
+		{[]string{"k:1", "u:1"}, 2},
+		{[]string{"", ""}, 0},
+	} {
+		if got := newTask(nil, tc.keys...).nkeys; got != tc.want {
+			t.Errorf("newTask(%q).nkeys = %d, want %d", tc.keys, got, tc.want)
+		}
+	}
+}
+
+// A task with no key runs at once and leaves nothing behind.
+func TestSchedulerKeylessTask(t *testing.T) {
+	s := newScheduler()
+	ran := make(chan struct{})
+	s.submit(newTask(func(tk *task) { s.done(tk); close(ran) }))
+	select {
+	case <-ran:
+	case <-time.After(5 * time.Second):
+		t.Fatal("keyless task never ran")
+	}
+	if s.pending() != 0 {
+		t.Fatalf("lanes = %d, want 0", s.pending())
+	}
+}
+
+func BenchmarkScheduler(b *testing.B) {
+	s := newScheduler()
+	var wg sync.WaitGroup
+	run := func(tk *task) { s.done(tk); wg.Done() }
+	keys := make([]string, 512)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("u:%d", i)
+	}
+	b.ReportAllocs()
+	wg.Add(b.N)
+	for i := 0; i < b.N; i++ {
+		s.submit(newTask(run, keys[i%len(keys)], keys[(i*7)%len(keys)]))
+	}
+	wg.Wait()
+}

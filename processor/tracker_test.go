@@ -1,0 +1,82 @@
+package processor
+
+import (
+	"math/rand/v2"
+	"sync"
+	"testing"
+)
+
+func TestTrackerCommitPointNeverPassesUnfinished(t *testing.T) {
+	tr := newTracker(-2)
+	const n = 3000
+	slots := make([]*slot, 0, n)
+	off := int64(100)
+	for i := 0; i < n; i++ {
+		off += 1 + int64(i%3/2) // gaps, as compaction leaves them
+		slots = append(slots, tr.add(off))
+	}
+	if got := tr.commitPoint(); got != slots[0].offset {
+		t.Fatalf("commit point before any finish = %d, want %d", got, slots[0].offset)
+	}
+	order := rand.New(rand.NewPCG(3, 4)).Perm(n)
+	finished := make([]bool, n)
+	var wg sync.WaitGroup
+	for chunk := 0; chunk < n; chunk += 100 {
+		part := order[chunk : chunk+100]
+		wg.Add(len(part))
+		for _, i := range part {
+			go func() { defer wg.Done(); slots[i].finish() }()
+		}
+		wg.Wait()
+		for _, i := range part {
+			finished[i] = true
+		}
+		cp := tr.commitPoint()
+		for i, s := range slots {
+			if s.offset < cp && !finished[i] {
+				t.Fatalf("commit point %d passes unfinished offset %d", cp, s.offset)
+			}
+			if !finished[i] {
+				if cp != s.offset {
+					t.Fatalf("commit point %d, want first unfinished %d", cp, s.offset)
+				}
+				break
+			}
+		}
+	}
+	if got, want := tr.commitPoint(), off+1; got != want {
+		t.Fatalf("commit point after all finished = %d, want %d", got, want)
+	}
+	select {
+	case <-tr.drained():
+	default:
+		t.Fatal("drained not closed with nothing in flight")
+	}
+}
+
+func TestTrackerDrainedWaitsAndDoubleFinishIsNoop(t *testing.T) {
+	tr := newTracker(0)
+	a, b := tr.add(0), tr.add(1)
+	d := tr.drained()
+	a.finish()
+	a.finish()
+	if tr.inFlight() != 1 {
+		t.Fatalf("inFlight = %d, want 1", tr.inFlight())
+	}
+	select {
+	case <-d:
+		t.Fatal("drained closed with offset 1 unfinished")
+	default:
+	}
+	b.finish()
+	<-d
+	if tr.commitPoint() != 2 {
+		t.Fatalf("commit point = %d, want 2", tr.commitPoint())
+	}
+}
+
+func TestTrackerStartsAtAssignedOffset(t *testing.T) {
+	if got := newTracker(42).commitPoint(); got != 42 {
+		t.Fatalf("commit point with nothing fetched = %d, want 42", got)
+	}
+}
