@@ -1,0 +1,275 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/segmentio/kafka-go"
+	"github.com/sirupsen/logrus"
+
+	"github.com/wxnotify/wxnotify/processor"
+	"github.com/wxnotify/wxnotify/rules"
+	"github.com/wxnotify/wxnotify/sink"
+	"github.com/wxnotify/wxnotify/sink/wechat"
+)
+
+// Options are what a caller of Run may supply instead of building it from the config.
+type Options struct {
+	// Registry receives every metric; nil = a fresh registry with Go and process collectors.
+	Registry *prometheus.Registry
+	// Log is the logger; nil = built from cfg.Log, writing to stderr.
+	Log *logrus.Logger
+	// Rules is a rule set already loaded (the demo's embedded rules); nil = load cfg.Rules.Path.
+	Rules *rules.Set
+	// Listener serves the ops endpoints instead of listening on cfg.HTTP.Addr.
+	Listener net.Listener
+	// Started is called once everything is wired, with the address of the ops server ("" if off).
+	Started func(opsAddr string)
+}
+
+// NewLogger builds the logger the config asks for.
+func NewLogger(c LogConfig) (*logrus.Logger, error) {
+	lvl, err := parseLevel(c.Level)
+	if err != nil {
+		return nil, err
+	}
+	l := logrus.New()
+	l.SetOutput(os.Stderr)
+	l.SetLevel(lvl)
+	if c.Format == "text" {
+		l.SetFormatter(&logrus.TextFormatter{FullTimestamp: true})
+	} else {
+		l.SetFormatter(&logrus.JSONFormatter{TimestampFormat: time.RFC3339Nano})
+	}
+	return l, nil
+}
+
+func parseLevel(s string) (logrus.Level, error) {
+	switch s {
+	case "debug", "info", "warn", "error":
+		return logrus.ParseLevel(s)
+	}
+	return 0, fmt.Errorf("%q is not debug, info, warn or error", s)
+}
+
+// ruleHolder hands the processor the current rule set; a reload swaps it atomically.
+type ruleHolder struct{ p atomic.Pointer[rules.Set] }
+
+func (h *ruleHolder) Current() *rules.Set { return h.p.Load() }
+
+// LoadRules loads the rule set cfg names, checking accounts against the config.
+func LoadRules(cfg *Config) (*rules.Set, error) {
+	zone, err := time.LoadLocation(cfg.Rules.Zone)
+	if err != nil {
+		return nil, fmt.Errorf("rules.zone: %w", err)
+	}
+	return rules.Load(cfg.Rules.Path, rules.Options{Zone: zone, Accounts: sortedKeys(cfg.WeChat.Accounts)})
+}
+
+// Run runs wxnotify until ctx is cancelled, then shuts down in order: the processor stops
+// fetching, finishes or abandons in-flight work within processor.drain_timeout and commits; the
+// Kafka writer flushes; the ops server closes.
+func Run(ctx context.Context, cfg *Config, opts Options) error {
+	log := opts.Log
+	if log == nil {
+		var err error
+		if log, err = NewLogger(cfg.Log); err != nil {
+			return fmt.Errorf("log.level: %w", err)
+		}
+	}
+	reg := opts.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+
+	set := opts.Rules
+	if set == nil {
+		var err error
+		if set, err = LoadRules(cfg); err != nil {
+			return err
+		}
+	}
+	holder := &ruleHolder{}
+	holder.p.Store(set)
+	ruleInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "wxnotify_rules_info", Help: "The loaded rule set: version label, value = load time (unix seconds).",
+	}, []string{"version"})
+	reg.MustRegister(ruleInfo)
+	ruleInfo.WithLabelValues(set.Version).Set(float64(set.LoadedAt.Unix()))
+	log.WithFields(logrus.Fields{"rules": len(set.Rules), "version": set.Version, "files": len(set.Files)}).Info("rules loaded")
+
+	client, err := wechat.New(wechatConfig(cfg), reg, log)
+	if err != nil {
+		return fmt.Errorf("wechat: %w", err)
+	}
+	defer client.Close()
+
+	writer, err := sink.NewWriter(sink.WriterConfig{Brokers: cfg.Kafka.Brokers}, reg, log)
+	if err != nil {
+		return err
+	}
+	proc, err := processor.New(processorConfig(cfg), holder, client, writer, reg, log)
+	if err != nil {
+		writer.Close()
+		return err
+	}
+
+	accounts := set.Accounts()
+	tokensErr := atomic.Pointer[string]{}
+	go obtainTokens(ctx, client, accounts, &tokensErr, log)
+
+	ops, opsAddr, err := serveOps(cfg, opts.Listener, reg, func() readiness {
+		r := readiness{GroupJoined: proc.Joined(), RulesVersion: set.Version, RulesLoadedAt: set.LoadedAt.UTC().Format(time.RFC3339), TokensReady: client.Ready()}
+		if cur := holder.Current(); cur != nil {
+			r.RulesVersion, r.RulesLoadedAt = cur.Version, cur.LoadedAt.UTC().Format(time.RFC3339)
+		}
+		if e := tokensErr.Load(); e != nil && !r.TokensReady {
+			r.Problems = append(r.Problems, *e)
+		}
+		if !r.GroupJoined {
+			r.Problems = append(r.Problems, "consumer group not joined yet")
+		}
+		r.Ready = r.GroupJoined && r.TokensReady
+		return r
+	}, log)
+	if err != nil {
+		writer.Close()
+		return err
+	}
+	log.WithFields(logrus.Fields{
+		"brokers": cfg.Kafka.Brokers, "group_id": cfg.Kafka.GroupID, "events_topic": []string(cfg.Kafka.EventsTopic),
+		"outcomes_topic": cfg.Kafka.OutcomesTopic, "dead_letter_topic": cfg.Kafka.DeadLetterTopic,
+		"wechat": cfg.WeChat.BaseURL, "accounts": sortedKeys(cfg.WeChat.Accounts), "ops": opsAddr,
+		"max_in_flight": cfg.Processor.MaxInFlight, "dry_run": cfg.Processor.DryRun,
+	}).Info("wxnotify started")
+	if opts.Started != nil {
+		opts.Started(opsAddr)
+	}
+
+	runErr := proc.Run(ctx)
+	if err := writer.Close(); err != nil {
+		log.WithError(err).Warn("closing the kafka writer")
+	}
+	if ops != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = ops.Shutdown(sctx)
+		cancel()
+	}
+	log.Info("wxnotify stopped")
+	return runErr
+}
+
+// obtainTokens gets a token for every account the rules use, so a misconfigured account shows
+// on /readyz and in the log at startup rather than on the first event. It retries until it
+// succeeds or ctx ends.
+func obtainTokens(ctx context.Context, c *wechat.Client, accounts []string, lastErr *atomic.Pointer[string], log logrus.FieldLogger) {
+	for delay := time.Second; ; delay = min(delay*2, time.Minute) {
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := c.CheckTokens(cctx, accounts)
+		cancel()
+		if err == nil {
+			lastErr.Store(nil)
+			return
+		}
+		msg := err.Error()
+		lastErr.Store(&msg)
+		log.WithError(err).Error("cannot obtain a WeChat access token; notifications for the account will fail until it can")
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+	}
+}
+
+func wechatConfig(cfg *Config) wechat.Config {
+	accounts := make(map[string]wechat.Account, len(cfg.WeChat.Accounts))
+	for name, a := range cfg.WeChat.Accounts {
+		accounts[name] = wechat.Account{AppID: a.AppID, Secret: a.Secret, TokenSource: a.TokenSource, TokenURL: a.TokenURL}
+	}
+	return wechat.Config{
+		BaseURL:  cfg.WeChat.BaseURL,
+		Accounts: accounts,
+		Timeout:  cfg.WeChat.Timeout,
+		MaxConns: cfg.WeChat.MaxConns,
+		Retry: wechat.RetryPolicy{
+			MaxAttempts: cfg.WeChat.Retry.MaxAttempts, BaseDelay: cfg.WeChat.Retry.BaseDelay,
+			MaxDelay: cfg.WeChat.Retry.MaxDelay, Deadline: cfg.WeChat.Retry.Deadline,
+		},
+		RateLimits:      cfg.WeChat.RateLimits,
+		BreakerCooldown: cfg.WeChat.BreakerCooldown,
+	}
+}
+
+func processorConfig(cfg *Config) processor.Config {
+	start := kafka.FirstOffset
+	if cfg.Kafka.StartOffset == "last" {
+		start = kafka.LastOffset
+	}
+	return processor.Config{
+		Brokers:           cfg.Kafka.Brokers,
+		GroupID:           cfg.Kafka.GroupID,
+		Topics:            cfg.Kafka.EventsTopic,
+		OutcomesTopic:     cfg.Kafka.OutcomesTopic,
+		DeadLetterTopic:   cfg.Kafka.DeadLetterTopic,
+		MaxInFlight:       cfg.Processor.MaxInFlight,
+		CommitInterval:    cfg.Processor.CommitInterval,
+		DrainTimeout:      cfg.Processor.DrainTimeout,
+		SessionTimeout:    cfg.Kafka.SessionTimeout,
+		HeartbeatInterval: cfg.Kafka.HeartbeatInterval,
+		RebalanceTimeout:  cfg.Kafka.RebalanceTimeout,
+		StartOffset:       start,
+		DryRun:            cfg.Processor.DryRun,
+	}
+}
+
+type readiness struct {
+	Ready         bool     `json:"ready"`
+	GroupJoined   bool     `json:"group_joined"`
+	TokensReady   bool     `json:"tokens_ready"`
+	RulesVersion  string   `json:"rules_version"`
+	RulesLoadedAt string   `json:"rules_loaded_at"`
+	Problems      []string `json:"problems,omitempty"`
+}
+
+// serveOps starts /metrics, /healthz and /readyz. It returns a nil server when http.addr is off.
+func serveOps(cfg *Config, ln net.Listener, reg *prometheus.Registry, ready func() readiness, log logrus.FieldLogger) (*http.Server, string, error) {
+	if ln == nil {
+		if cfg.HTTP.Addr == "off" {
+			return nil, "", nil
+		}
+		var err error
+		if ln, err = net.Listen("tcp", cfg.HTTP.Addr); err != nil {
+			return nil, "", fmt.Errorf("http.addr: %w", err)
+		}
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		r := ready()
+		w.Header().Set("Content-Type", "application/json")
+		if !r.Ready {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		_ = json.NewEncoder(w).Encode(r)
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.WithError(err).Error("ops server stopped")
+		}
+	}()
+	return srv, ln.Addr().String(), nil
+}

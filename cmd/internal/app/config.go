@@ -1,0 +1,374 @@
+// Package app wires wxnotify together from its config: the rule set, the WeChat client, the
+// Kafka writer, the processor and the ops HTTP server. `wxnotify run`, `wxnotify demo` and the
+// benchmark harness all start the processor through Run, so they exercise one code path.
+package app
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the wxnotify config file. Field comments give the defaults.
+type Config struct {
+	Kafka     KafkaConfig     `yaml:"kafka"`
+	WeChat    WeChatConfig    `yaml:"wechat"`
+	Rules     RulesConfig     `yaml:"rules"`
+	HTTP      HTTPConfig      `yaml:"http"`
+	Processor ProcessorConfig `yaml:"processor"`
+	Log       LogConfig       `yaml:"log"`
+
+	// dir is the directory of the config file; relative paths resolve against it.
+	dir string
+}
+
+// KafkaConfig is the `kafka:` section.
+type KafkaConfig struct {
+	Brokers           []string      `yaml:"brokers"`            // required
+	GroupID           string        `yaml:"group_id"`           // default wxnotify
+	EventsTopic       StringList    `yaml:"events_topic"`       // one topic or a list; required
+	OutcomesTopic     string        `yaml:"outcomes_topic"`     // default wxnotify.outcomes
+	DeadLetterTopic   string        `yaml:"dead_letter_topic"`  // default wxnotify.dlq
+	StartOffset       string        `yaml:"start_offset"`       // first (default) or last, for partitions with no committed offset
+	SessionTimeout    time.Duration `yaml:"session_timeout"`    // default 10s
+	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"` // default 3s
+	RebalanceTimeout  time.Duration `yaml:"rebalance_timeout"`  // default 30s
+}
+
+// WeChatConfig is the `wechat:` section.
+type WeChatConfig struct {
+	BaseURL         string                   `yaml:"base_url"`  // default https://api.weixin.qq.com
+	Accounts        map[string]AccountConfig `yaml:"accounts"`  // name -> credentials; rules pick one by name
+	Timeout         time.Duration            `yaml:"timeout"`   // per HTTP attempt, default 5s
+	MaxConns        int                      `yaml:"max_conns"` // default: processor.max_in_flight
+	Retry           RetryConfig              `yaml:"retry"`
+	RateLimits      map[string]float64       `yaml:"rate_limits"`      // "account/api" or "account/*" -> sends per second
+	BreakerCooldown time.Duration            `yaml:"breaker_cooldown"` // default 1m
+}
+
+// AccountConfig is one WeChat account. The secret comes from the environment (${VAR}) or a
+// file (secret_file, e.g. a mounted Kubernetes secret), never from the config file itself.
+type AccountConfig struct {
+	AppID       string `yaml:"appid"`
+	Secret      string `yaml:"secret"`
+	SecretFile  string `yaml:"secret_file"`
+	TokenSource string `yaml:"token_source"` // stable (default), classic, url, none
+	TokenURL    string `yaml:"token_url"`    // for token_source: url
+}
+
+// RetryConfig is `wechat.retry:`.
+type RetryConfig struct {
+	MaxAttempts int           `yaml:"max_attempts"` // default 4
+	BaseDelay   time.Duration `yaml:"base_delay"`   // default 100ms
+	MaxDelay    time.Duration `yaml:"max_delay"`    // default 5s
+	Deadline    time.Duration `yaml:"deadline"`     // default 30s
+}
+
+// RulesConfig is the `rules:` section.
+type RulesConfig struct {
+	Path string `yaml:"path"` // a file or a directory of *.yaml, relative to the config file; default rules
+	Zone string `yaml:"zone"` // time zone of the time helpers; default Asia/Shanghai
+}
+
+// HTTPConfig is the `http:` section.
+type HTTPConfig struct {
+	Addr string `yaml:"addr"` // /metrics, /healthz, /readyz; default :9464; "off" disables
+}
+
+// ProcessorConfig is the `processor:` section.
+type ProcessorConfig struct {
+	MaxInFlight    int           `yaml:"max_in_flight"`   // events in flight across partitions, default 1024
+	CommitInterval time.Duration `yaml:"commit_interval"` // default 200ms
+	DrainTimeout   time.Duration `yaml:"drain_timeout"`   // default 15s
+	DryRun         bool          `yaml:"dry_run"`         // everything but the WeChat call
+}
+
+// LogConfig is the `log:` section.
+type LogConfig struct {
+	Level  string `yaml:"level"`  // debug, info (default), warn, error
+	Format string `yaml:"format"` // json (default) or text
+}
+
+// StringList is a YAML scalar or sequence of strings.
+type StringList []string
+
+// UnmarshalYAML accepts `x` and `[x, y]`.
+func (s *StringList) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		*s = StringList{n.Value}
+		return nil
+	}
+	var l []string
+	if err := n.Decode(&l); err != nil {
+		return err
+	}
+	*s = l
+	return nil
+}
+
+// LoadConfig reads, expands and validates a config file.
+func LoadConfig(path string) (*Config, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	cfg, err := ParseConfig(raw, os.LookupEnv)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	abs, err := filepath.Abs(filepath.Dir(path))
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	cfg.dir = abs
+	if err := cfg.resolveFiles(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// ParseConfig parses config text: expands ${VAR} and ${VAR:-default} from lookup, rejects
+// unknown keys and secrets written in the text, applies defaults and validates. Relative paths
+// resolve against the working directory unless LoadConfig set the file's directory.
+func ParseConfig(raw []byte, lookup func(string) (string, bool)) (*Config, error) {
+	if err := checkSecretsAreReferences(raw); err != nil {
+		return nil, err
+	}
+	expanded, unset := expandEnv(raw, lookup)
+	var cfg Config
+	dec := yaml.NewDecoder(bytes.NewReader(expanded))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil {
+		return nil, fmt.Errorf("parse: %w", err)
+	}
+	cfg.applyDefaults()
+	if err := cfg.Validate(); err != nil {
+		if len(unset) > 0 {
+			return nil, fmt.Errorf("%w (environment variables not set: %s)", err, strings.Join(unset, ", "))
+		}
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}`)
+
+// expandEnv replaces ${VAR} and ${VAR:-default}; it returns the names of variables that were
+// unset and had no default, so validation errors can point at them.
+func expandEnv(raw []byte, lookup func(string) (string, bool)) ([]byte, []string) {
+	var unset []string
+	out := envRef.ReplaceAllFunc(raw, func(m []byte) []byte {
+		sub := envRef.FindSubmatch(m)
+		name := string(sub[1])
+		if v, ok := lookup(name); ok && (v != "" || sub[2] == nil) {
+			return []byte(v)
+		}
+		if bytes.Contains(m, []byte(":-")) {
+			return sub[2]
+		}
+		unset = append(unset, name)
+		return nil
+	})
+	sort.Strings(unset)
+	return out, unset
+}
+
+// checkSecretsAreReferences refuses a config whose wechat.accounts.*.secret is a literal: the
+// file is committed and mounted as a ConfigMap, so a secret in it leaks.
+func checkSecretsAreReferences(raw []byte) error {
+	var root yaml.Node
+	if err := yaml.Unmarshal(raw, &root); err != nil {
+		return fmt.Errorf("parse: %w", err)
+	}
+	accounts := lookupNode(&root, "wechat", "accounts")
+	if accounts == nil || accounts.Kind != yaml.MappingNode {
+		return nil
+	}
+	for i := 0; i+1 < len(accounts.Content); i += 2 {
+		name, acct := accounts.Content[i].Value, accounts.Content[i+1]
+		if s := lookupNode(acct, "secret"); s != nil && s.Value != "" && !envRef.MatchString(s.Value) {
+			return fmt.Errorf("line %d: wechat.accounts.%s.secret: a literal secret is not allowed in the config file; write ${ENV_VAR} or use secret_file", s.Line, name)
+		}
+	}
+	return nil
+}
+
+func lookupNode(n *yaml.Node, path ...string) *yaml.Node {
+	if n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
+		n = n.Content[0]
+	}
+	for _, key := range path {
+		if n.Kind != yaml.MappingNode {
+			return nil
+		}
+		var next *yaml.Node
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == key {
+				next = n.Content[i+1]
+			}
+		}
+		if next == nil {
+			return nil
+		}
+		n = next
+	}
+	return n
+}
+
+func (c *Config) applyDefaults() {
+	if c.Kafka.GroupID == "" {
+		c.Kafka.GroupID = "wxnotify"
+	}
+	if c.Kafka.OutcomesTopic == "" {
+		c.Kafka.OutcomesTopic = "wxnotify.outcomes"
+	}
+	if c.Kafka.DeadLetterTopic == "" {
+		c.Kafka.DeadLetterTopic = "wxnotify.dlq"
+	}
+	if c.Kafka.StartOffset == "" {
+		c.Kafka.StartOffset = "first"
+	}
+	if c.WeChat.BaseURL == "" {
+		c.WeChat.BaseURL = "https://api.weixin.qq.com"
+	}
+	if c.Rules.Path == "" {
+		c.Rules.Path = "rules"
+	}
+	if c.Rules.Zone == "" {
+		c.Rules.Zone = "Asia/Shanghai"
+	}
+	if c.HTTP.Addr == "" {
+		c.HTTP.Addr = ":9464"
+	}
+	if c.Processor.MaxInFlight == 0 {
+		c.Processor.MaxInFlight = 1024
+	}
+	if c.WeChat.MaxConns == 0 {
+		c.WeChat.MaxConns = c.Processor.MaxInFlight
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "json"
+	}
+	for name, a := range c.WeChat.Accounts {
+		if a.TokenSource == "" {
+			a.TokenSource = "stable"
+			c.WeChat.Accounts[name] = a
+		}
+	}
+}
+
+// Validate reports every invalid key, each named by its path in the file.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if len(c.Kafka.Brokers) == 0 {
+		bad("kafka.brokers: at least one broker is required")
+	}
+	for i, b := range c.Kafka.Brokers {
+		if strings.TrimSpace(b) == "" {
+			bad("kafka.brokers[%d]: empty", i)
+		}
+	}
+	if len(c.Kafka.EventsTopic) == 0 {
+		bad("kafka.events_topic: required")
+	}
+	for _, t := range c.Kafka.EventsTopic {
+		if t == c.Kafka.OutcomesTopic || t == c.Kafka.DeadLetterTopic {
+			bad("kafka.events_topic: %q is also the outcomes or dead-letter topic", t)
+		}
+	}
+	if c.Kafka.StartOffset != "first" && c.Kafka.StartOffset != "last" {
+		bad("kafka.start_offset: %q is not first or last", c.Kafka.StartOffset)
+	}
+	if len(c.WeChat.Accounts) == 0 {
+		bad("wechat.accounts: at least one account is required")
+	}
+	for _, name := range sortedKeys(c.WeChat.Accounts) {
+		a := c.WeChat.Accounts[name]
+		key := "wechat.accounts." + name
+		switch a.TokenSource {
+		case "stable", "classic":
+			if a.AppID == "" {
+				bad("%s.appid: empty", key)
+			}
+			if a.Secret == "" && a.SecretFile == "" {
+				bad("%s.secret: empty (set the environment variable it names, or secret_file)", key)
+			}
+		case "url":
+			if a.TokenURL == "" {
+				bad("%s.token_url: required for token_source url", key)
+			}
+		case "none":
+		default:
+			bad("%s.token_source: %q is not stable, classic, url or none", key, a.TokenSource)
+		}
+		if a.Secret != "" && a.SecretFile != "" {
+			bad("%s: secret and secret_file are exclusive", key)
+		}
+	}
+	if c.Processor.MaxInFlight < 1 {
+		bad("processor.max_in_flight: must be at least 1")
+	}
+	if _, err := time.LoadLocation(c.Rules.Zone); err != nil {
+		bad("rules.zone: %v", err)
+	}
+	switch c.Log.Format {
+	case "json", "text":
+	default:
+		bad("log.format: %q is not json or text", c.Log.Format)
+	}
+	if _, err := parseLevel(c.Log.Level); err != nil {
+		bad("log.level: %v", err)
+	}
+	return errors.Join(errs...)
+}
+
+// resolveFiles makes the rules path absolute and reads secret files.
+func (c *Config) resolveFiles() error {
+	c.Rules.Path = c.path(c.Rules.Path)
+	if _, err := os.Stat(c.Rules.Path); err != nil {
+		return fmt.Errorf("rules.path: %w", err)
+	}
+	for name, a := range c.WeChat.Accounts {
+		if a.SecretFile == "" {
+			continue
+		}
+		b, err := os.ReadFile(c.path(a.SecretFile))
+		if err != nil {
+			return fmt.Errorf("wechat.accounts.%s.secret_file: %w", name, err)
+		}
+		a.Secret = strings.TrimSpace(string(b))
+		if a.Secret == "" {
+			return fmt.Errorf("wechat.accounts.%s.secret_file: file is empty", name)
+		}
+		c.WeChat.Accounts[name] = a
+	}
+	return nil
+}
+
+func (c *Config) path(p string) string {
+	if filepath.IsAbs(p) || c.dir == "" {
+		return p
+	}
+	return filepath.Join(c.dir, p)
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}

@@ -1,0 +1,141 @@
+package app
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+}
+
+const minimalConfig = `
+kafka:
+  brokers: ["${WXNOTIFY_BROKERS:-localhost:9092}"]
+  events_topic: events
+wechat:
+  accounts:
+    weapp: {appid: "${APPID}", secret: "${SECRET}"}
+`
+
+func TestParseConfigDefaultsAndExpansion(t *testing.T) {
+	cfg, err := ParseConfig([]byte(minimalConfig), env(map[string]string{"APPID": "wx1", "SECRET": "s3cret"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ name, got, want string }{
+		{"brokers", strings.Join(cfg.Kafka.Brokers, ","), "localhost:9092"},
+		{"group_id", cfg.Kafka.GroupID, "wxnotify"},
+		{"outcomes_topic", cfg.Kafka.OutcomesTopic, "wxnotify.outcomes"},
+		{"dead_letter_topic", cfg.Kafka.DeadLetterTopic, "wxnotify.dlq"},
+		{"base_url", cfg.WeChat.BaseURL, "https://api.weixin.qq.com"},
+		{"appid", cfg.WeChat.Accounts["weapp"].AppID, "wx1"},
+		{"secret", cfg.WeChat.Accounts["weapp"].Secret, "s3cret"},
+		{"token_source", cfg.WeChat.Accounts["weapp"].TokenSource, "stable"},
+		{"rules.path", cfg.Rules.Path, "rules"},
+		{"rules.zone", cfg.Rules.Zone, "Asia/Shanghai"},
+		{"http.addr", cfg.HTTP.Addr, ":9464"},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s = %q, want %q", c.name, c.got, c.want)
+		}
+	}
+	if cfg.Processor.MaxInFlight != 1024 || cfg.WeChat.MaxConns != 1024 {
+		t.Errorf("max_in_flight/max_conns = %d/%d, want 1024/1024", cfg.Processor.MaxInFlight, cfg.WeChat.MaxConns)
+	}
+	cfg, err = ParseConfig([]byte(minimalConfig), env(map[string]string{"APPID": "wx1", "SECRET": "s", "WXNOTIFY_BROKERS": "k1:9092"}))
+	if err != nil || cfg.Kafka.Brokers[0] != "k1:9092" {
+		t.Fatalf("env override of default: %v %v", cfg, err)
+	}
+}
+
+func TestParseConfigErrorsNameTheKey(t *testing.T) {
+	for _, tc := range []struct {
+		name, text string
+		env        map[string]string
+		want       []string
+	}{
+		{"missing secret names key and variable", minimalConfig, map[string]string{"APPID": "wx1"},
+			[]string{"wechat.accounts.weapp.secret: empty", "environment variables not set: SECRET"}},
+		{"literal secret refused", strings.Replace(minimalConfig, `"${SECRET}"`, `"plaintext"`, 1), map[string]string{"APPID": "wx1"},
+			[]string{"line 7: wechat.accounts.weapp.secret: a literal secret is not allowed"}},
+		{"unknown key", minimalConfig + "  bogus: 1\n", map[string]string{"APPID": "a", "SECRET": "b"},
+			[]string{"field bogus not found"}},
+		{"no brokers", strings.Replace(minimalConfig, `["${WXNOTIFY_BROKERS:-localhost:9092}"]`, `[]`, 1), map[string]string{"APPID": "a", "SECRET": "b"},
+			[]string{"kafka.brokers: at least one broker is required"}},
+		{"bad token source", strings.Replace(minimalConfig, `secret: "${SECRET}"}`, `secret: "${SECRET}", token_source: magic}`, 1), map[string]string{"APPID": "a", "SECRET": "b"},
+			[]string{`wechat.accounts.weapp.token_source: "magic" is not stable, classic, url or none`}},
+		{"events topic reused as outcomes", strings.Replace(minimalConfig, "events_topic: events", "events_topic: events\n  outcomes_topic: events", 1), map[string]string{"APPID": "a", "SECRET": "b"},
+			[]string{`kafka.events_topic: "events" is also the outcomes or dead-letter topic`}},
+		{"bad zone", minimalConfig + "rules: {zone: Mars/Olympus}\n", map[string]string{"APPID": "a", "SECRET": "b"},
+			[]string{"rules.zone:"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseConfig([]byte(tc.text), env(tc.env))
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+			if strings.Contains(err.Error(), "plaintext") {
+				t.Errorf("error leaks the secret: %q", err)
+			}
+		})
+	}
+}
+
+func TestLoadConfigResolvesRelativeToFileAndReadsSecretFile(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "myrules"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "secret.txt"), []byte("from-file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	text := `
+kafka: {brokers: [b:9092], events_topic: [a, b], session_timeout: 7s}
+wechat:
+  accounts:
+    mp: {appid: wx2, secret_file: secret.txt}
+rules: {path: myrules}
+`
+	path := filepath.Join(dir, "c.yaml")
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Rules.Path != filepath.Join(dir, "myrules") {
+		t.Errorf("rules.path = %q", cfg.Rules.Path)
+	}
+	if cfg.WeChat.Accounts["mp"].Secret != "from-file" {
+		t.Errorf("secret from file = %q", cfg.WeChat.Accounts["mp"].Secret)
+	}
+	if len(cfg.Kafka.EventsTopic) != 2 || cfg.Kafka.SessionTimeout != 7*time.Second {
+		t.Errorf("events_topic %v session_timeout %v", cfg.Kafka.EventsTopic, cfg.Kafka.SessionTimeout)
+	}
+	_ = os.RemoveAll(filepath.Join(dir, "myrules"))
+	if _, err := LoadConfig(path); err == nil || !strings.Contains(err.Error(), "rules.path") {
+		t.Errorf("missing rules path: err = %v, want it to name rules.path", err)
+	}
+}
+
+// The shipped production config parses with only the documented variables set.
+func TestShippedConfigParses(t *testing.T) {
+	raw, err := os.ReadFile("../../../configs/wxnotify.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vars := map[string]string{"WXNOTIFY_WEAPP_APPID": "a", "WXNOTIFY_WEAPP_SECRET": "b", "WXNOTIFY_MP_APPID": "c", "WXNOTIFY_MP_SECRET": "d"}
+	if _, err := ParseConfig(raw, env(vars)); err != nil {
+		t.Fatal(err)
+	}
+}

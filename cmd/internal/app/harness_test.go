@@ -1,0 +1,296 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/segmentio/kafka-go"
+	"github.com/sirupsen/logrus"
+	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/wxnotify/wxnotify/configs"
+	"github.com/wxnotify/wxnotify/processor"
+	"github.com/wxnotify/wxnotify/rules"
+	"github.com/wxnotify/wxnotify/sink/wechatsim"
+)
+
+// harness is one in-process world: a kfake broker, the WeChat simulator and a config pointing
+// the processor at both. Tests start the processor through Run, as `wxnotify run` does.
+type harness struct {
+	t       *testing.T
+	cluster *kfake.Cluster
+	broker  string
+	sim     *wechatsim.Server
+	cfg     *Config
+	set     *rules.Set
+	log     *logrus.Logger
+	logBuf  *syncBuffer
+}
+
+const (
+	testWeappAppID = "wxtestweapp000001"
+	testMPAppID    = "wxtestmp000000001"
+	testPartitions = 4
+)
+
+func newHarness(t *testing.T, simCfg wechatsim.Config, kopts ...kfake.Opt) *harness {
+	t.Helper()
+	cluster, err := kfake.NewCluster(append([]kfake.Opt{
+		kfake.NumBrokers(1),
+		kfake.SeedTopics(testPartitions, "events", "wxnotify.outcomes"),
+		kfake.SeedTopics(1, "wxnotify.dlq"),
+		kfake.GroupMinSessionTimeout(500 * time.Millisecond),
+	}, kopts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cluster.Close)
+	if simCfg.Accounts == nil {
+		simCfg.Accounts = map[string]string{testWeappAppID: "weapp-secret-xyz", testMPAppID: "mp-secret-xyz"}
+	}
+	sim, err := wechatsim.Start(simCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sim.Close() })
+
+	cfg := &Config{}
+	cfg.Kafka = KafkaConfig{Brokers: cluster.ListenAddrs(), GroupID: "wxnotify-test", EventsTopic: StringList{"events"},
+		SessionTimeout: time.Second, HeartbeatInterval: 250 * time.Millisecond, RebalanceTimeout: 5 * time.Second}
+	cfg.WeChat = WeChatConfig{BaseURL: sim.URL(), Accounts: map[string]AccountConfig{
+		"weapp": {AppID: testWeappAppID, Secret: "weapp-secret-xyz"},
+		"mp":    {AppID: testMPAppID, Secret: "mp-secret-xyz"},
+	}, Retry: RetryConfig{BaseDelay: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond}}
+	cfg.HTTP.Addr = "127.0.0.1:0"
+	cfg.Processor.CommitInterval = 50 * time.Millisecond
+	cfg.Processor.DrainTimeout = 5 * time.Second
+	cfg.applyDefaults()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	files, err := configs.Rules()
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := rules.Parse(files, rules.Options{Accounts: []string{"mp", "weapp"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := &syncBuffer{}
+	log := logrus.New()
+	log.SetOutput(buf)
+	log.SetFormatter(&logrus.JSONFormatter{})
+	log.SetLevel(logrus.DebugLevel)
+	return &harness{t: t, cluster: cluster, broker: cluster.ListenAddrs()[0], sim: sim, cfg: cfg, set: set, log: log, logBuf: buf}
+}
+
+// running is a started processor.
+type running struct {
+	cancel context.CancelFunc
+	done   chan error
+	reg    *prometheus.Registry
+	ops    string
+}
+
+// start runs the processor in the background; stop it with stop (graceful, like SIGTERM).
+func (h *harness) start() *running {
+	h.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{cancel: cancel, done: make(chan error, 1), reg: prometheus.NewRegistry()}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	r.ops = ln.Addr().String()
+	go func() { r.done <- Run(ctx, h.cfg, Options{Log: h.log, Rules: h.set, Registry: r.reg, Listener: ln}) }()
+	h.t.Cleanup(func() { h.stop(r) })
+	return r
+}
+
+func (h *harness) stop(r *running) {
+	h.t.Helper()
+	if r.cancel == nil {
+		return
+	}
+	r.cancel()
+	r.cancel = nil
+	select {
+	case err := <-r.done:
+		if err != nil {
+			h.t.Errorf("Run returned %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		h.t.Fatal("Run did not return within 20s of cancellation")
+	}
+}
+
+// sampleEvents returns the shipped samples, keyed by user openid.
+func (h *harness) sampleEvents() []kafka.Message {
+	h.t.Helper()
+	msgs, _, err := demoSamples(h.set)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return msgs
+}
+
+func (h *harness) produce(topic string, msgs ...kafka.Message) {
+	h.t.Helper()
+	w := &kafka.Writer{Addr: kafka.TCP(h.broker), Topic: topic, Balancer: &kafka.Hash{}, RequiredAcks: kafka.RequireAll,
+		BatchTimeout: time.Millisecond, BatchSize: 1000, Transport: &kafka.Transport{}}
+	defer w.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := w.WriteMessages(ctx, msgs...); err != nil {
+		h.t.Fatalf("produce: %v", err)
+	}
+}
+
+// readTopic reads every record of topic from the beginning until it has n of them or the
+// timeout passes.
+func (h *harness) readTopic(topic string, n int, timeout time.Duration) []kafka.Message {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	conn, err := kafka.DialContext(ctx, "tcp", h.broker)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	parts, err := conn.ReadPartitions(topic)
+	conn.Close()
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	var (
+		mu  sync.Mutex
+		out []kafka.Message
+		wg  sync.WaitGroup
+	)
+	rctx, rcancel := context.WithCancel(ctx)
+	defer rcancel()
+	for _, p := range parts {
+		r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{h.broker}, Topic: topic, Partition: p.ID, MaxWait: 50 * time.Millisecond})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer r.Close()
+			for {
+				m, err := r.ReadMessage(rctx)
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				out = append(out, m)
+				if len(out) >= n {
+					rcancel()
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+func (h *harness) outcomes(n int, timeout time.Duration) []processor.Outcome {
+	h.t.Helper()
+	msgs := h.readTopic(h.cfg.Kafka.OutcomesTopic, n, timeout)
+	out := make([]processor.Outcome, 0, len(msgs))
+	for _, m := range msgs {
+		var o processor.Outcome
+		if err := json.Unmarshal(m.Value, &o); err != nil {
+			h.t.Fatalf("outcome is not JSON: %v: %s", err, m.Value)
+		}
+		out = append(out, o)
+	}
+	if len(out) < n {
+		h.t.Fatalf("got %d outcomes within %s, want %d", len(out), timeout, n)
+	}
+	return out
+}
+
+// committed returns the group's committed offset per partition of the events topic (-1: none).
+func (h *harness) committed() map[int]int64 {
+	h.t.Helper()
+	c := &kafka.Client{Addr: kafka.TCP(h.broker), Transport: &kafka.Transport{}}
+	parts := make([]int, testPartitions)
+	for i := range parts {
+		parts[i] = i
+	}
+	resp, err := c.OffsetFetch(context.Background(), &kafka.OffsetFetchRequest{GroupID: h.cfg.Kafka.GroupID, Topics: map[string][]int{"events": parts}})
+	if err != nil {
+		h.t.Fatalf("offset fetch: %v", err)
+	}
+	out := map[int]int64{}
+	for _, p := range resp.Topics["events"] {
+		out[p.Partition] = p.CommittedOffset
+	}
+	return out
+}
+
+// endOffsets returns the high watermark per partition of topic.
+func (h *harness) endOffsets(topic string) map[int]int64 {
+	h.t.Helper()
+	c := &kafka.Client{Addr: kafka.TCP(h.broker), Transport: &kafka.Transport{}}
+	req := &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{}}
+	for i := 0; i < testPartitions; i++ {
+		req.Topics[topic] = append(req.Topics[topic], kafka.LastOffsetOf(i))
+	}
+	resp, err := c.ListOffsets(context.Background(), req)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	out := map[int]int64{}
+	for _, p := range resp.Topics[topic] {
+		out[p.Partition] = p.LastOffset
+	}
+	return out
+}
+
+// waitFor polls cond until it holds or the timeout passes.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// event builds a sample-shaped event.
+func event(id, typ, openid string) kafka.Message {
+	body := fmt.Sprintf(`{"event_id":%q,"type":%q,"occurred_at":"2026-11-22T10:00:00Z",`+
+		`"order":{"id":"9%s","amount_fen":3980},"user":{"openid":%q,"oa_openid":"oa-%s"},`+
+		`"shop":{"name":"TIT创意园店","address":"广州市海珠区新港中路397号"},"shipment":{"carrier":"顺丰速运","tracking_no":"SF1"}}`,
+		id, typ, strings.TrimPrefix(id, "e-"), openid, openid)
+	return kafka.Message{Key: []byte(openid), Value: []byte(body)}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+var update = os.Getenv("UPDATE_GOLDEN") != ""
