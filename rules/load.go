@@ -235,13 +235,13 @@ func (p *fileParser) parseRule(n *yaml.Node) *Rule {
 			}
 		}
 	}
+	r.Truncate = p.boolean(r, vals, "truncate") // before the message: static values are checked with it
 	if v := vals["message"]; v != nil && api != nil {
 		mc := &msgCompiler{p: p, r: r, api: api}
 		mc.body(v)
 		r.ops = mc.b.done()
 	}
 	r.RetryOnTimeout = p.boolean(r, vals, "retry_on_timeout")
-	r.Truncate = p.boolean(r, vals, "truncate")
 	r.DryRun = p.boolean(r, vals, "dry_run")
 	if v := vals["expire_after"]; v != nil {
 		r.ExpireAfter = p.duration(r, v, "expire_after")
@@ -653,6 +653,7 @@ func (m *msgCompiler) value(v *yaml.Node, f *wxapi.Field, path, owner string) {
 		return
 	}
 	capture := m.captureBits(path)
+	vtype := m.valueType(path)
 	if len(parts) <= 1 && (len(parts) == 0 || parts[0].prog == nil) {
 		s := ""
 		if len(parts) == 1 {
@@ -663,6 +664,12 @@ func (m *msgCompiler) value(v *yaml.Node, f *wxapi.Field, path, owner string) {
 			m.p.add(m.r, v, path, fmt.Sprintf("empty (%s requires it)", owner))
 		case len(f.Enum) > 0 && !slices.Contains(f.Enum, s):
 			m.p.add(m.r, v, path, fmt.Sprintf("%q is not one of %s", s, strings.Join(f.Enum, ", ")))
+		case vtype != "":
+			if t, err := checkValue(vtype, s, m.r.Truncate); err != nil {
+				m.p.add(m.r, v, path, err.Error())
+			} else {
+				s = t
+			}
 		}
 		for c := 0; c < 3; c++ {
 			if capture&(1<<c) != 0 {
@@ -672,8 +679,24 @@ func (m *msgCompiler) value(v *yaml.Node, f *wxapi.Field, path, owner string) {
 		m.b.lit(string(appendQuoted(nil, s)))
 		return
 	}
-	m.b.add(op{kind: opString, parts: parts, path: path, field: f, capture: capture,
-		plain: capture != 0 || len(f.Enum) > 0})
+	m.b.add(op{kind: opString, parts: parts, path: path, field: f, capture: capture, vtype: vtype,
+		plain: capture != 0 || len(f.Enum) > 0 || vtype != ""})
+}
+
+// valueType is the keyword type whose value rules apply at path ("message.data.thing3.value"
+// -> "thing"), or "" when the API does not check typed values or the keyword names no type.
+func (m *msgCompiler) valueType(path string) string {
+	if !m.api.TypedValues {
+		return ""
+	}
+	kw, ok := strings.CutPrefix(path, "message.data.")
+	if !ok {
+		return ""
+	}
+	if kw, ok = strings.CutSuffix(kw, ".value"); !ok || strings.Contains(kw, ".") {
+		return ""
+	}
+	return wxapi.KeywordType(kw)
 }
 
 func (m *msgCompiler) captureBits(path string) uint8 {

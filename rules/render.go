@@ -96,7 +96,9 @@ type op struct {
 	path    string
 	field   *wxapi.Field
 	capture uint8
-	// plain: the unescaped value is needed (captured, enum-checked, or required non-empty).
+	// vtype is the keyword type whose value rules the value must meet ("" = none).
+	vtype string
+	// plain: the unescaped value is needed (captured, enum- or type-checked).
 	plain bool
 }
 
@@ -207,7 +209,7 @@ func (r *Rule) render(st *state, meta Meta) Notification {
 			buf = append(buf, o.static...)
 		case opString:
 			var plain string
-			buf, plain, err = o.appendString(st, buf)
+			buf, plain, err = o.appendString(st, buf, r.Truncate)
 			if err != nil {
 				break
 			}
@@ -297,8 +299,10 @@ func isNilFetch(msg string) bool {
 	return len(msg) > len(suffix) && msg[len(msg)-len(suffix):] == suffix
 }
 
-// appendString appends o as a JSON string and returns the unescaped value when o.plain.
-func (o *op) appendString(st *state, buf []byte) ([]byte, string, error) {
+// appendString appends o as a JSON string and returns the unescaped value when o.plain. A value
+// that breaks its keyword type's rules is rejected, or, for free text when the rule allows it,
+// truncated with an ellipsis.
+func (o *op) appendString(st *state, buf []byte, truncate bool) ([]byte, string, error) {
 	buf = append(buf, '"')
 	start := len(buf)
 	plain := st.text[:0]
@@ -347,7 +351,36 @@ func (o *op) appendString(st *state, buf []byte) ([]byte, string, error) {
 	if o.field != nil && len(o.field.Enum) > 0 && !slices.Contains(o.field.Enum, s) {
 		return buf, "", &FieldError{Field: o.path, Expr: o.exprs(), Msg: fmt.Sprintf("evaluated to %q, not one of %v", s, o.field.Enum)}
 	}
+	if o.vtype != "" {
+		t, err := checkValue(o.vtype, s, truncate)
+		if err != nil {
+			return buf, "", &FieldError{Field: o.path, Expr: o.exprs(), Msg: err.Error()}
+		}
+		if t != s {
+			buf = append(appendEscaped(buf[:start], t), '"')
+			s = t
+		}
+	}
 	return buf, s, nil
+}
+
+// checkValue applies keyword type typ's value rules to s, the way WeChat answers 47003, so a
+// bad value is rejected before it spends quota. With truncate, over-long free text is cut to fit
+// with an ellipsis instead.
+func checkValue(typ, s string, truncate bool) (string, error) {
+	if wxapi.ValidValue(typ, s) {
+		return s, nil
+	}
+	if truncate {
+		if t, ok := wxapi.TruncateValue(typ, s); ok && wxapi.ValidValue(typ, t) {
+			return t, nil
+		}
+	}
+	hint := ""
+	if typ == "thing" || typ == "const" {
+		hint = "; set truncate: true on the rule to shorten it with an ellipsis"
+	}
+	return s, valueError(fmt.Sprintf("%q (%d characters) is not a valid %s value: %s%s", s, utf8.RuneCountInString(s), typ, wxapi.ValueRule(typ), hint))
 }
 
 func (o *op) exprs() string {
@@ -367,7 +400,7 @@ type keyExpr struct {
 
 func (k *keyExpr) eval(st *state) (string, error) {
 	o := op{kind: opString, parts: k.parts, path: k.field, plain: true}
-	_, s, err := o.appendString(st, st.buf[len(st.buf):])
+	_, s, err := o.appendString(st, st.buf[len(st.buf):], false)
 	if err != nil {
 		return "", err
 	}

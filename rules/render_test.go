@@ -285,13 +285,13 @@ func TestEscaping(t *testing.T) {
       template_id: 'a "quoted" <b>&amp; $${literal} \ back'
       page: '${ "}" }${ {"a": "{"}.a }'
       data:
-        thing1: {value: '${event.s + "\n\t" + event.ctl}'}
+        keyword1: {value: '${event.s + "\n\t" + event.ctl}'}
         thing2: {value: "${event.ls}"}
 `)
 	ev := mustEvent(t, `{"s":"<王>&\"x\"","ctl":"\u0001","ls":"a\u2028b\u00e9"}`)
 	n := s.Evaluate(ev, Meta{}, nil)[0]
 	want := `{"touser":"<王>&\"x\"","template_id":"a \"quoted\" <b>&amp; ${literal} \\ back","page":"}{",` +
-		`"data":{"thing1":{"value":"<王>&\"x\"\n\t\u0001"},"thing2":{"value":"a` + "\u2028" + `bé"}}}`
+		`"data":{"keyword1":{"value":"<王>&\"x\"\n\t\u0001"},"thing2":{"value":"a` + "\u2028" + `bé"}}}`
 	if n.Err != nil || string(n.Body) != want {
 		t.Errorf("body %s (err %v)\nwant %s", n.Body, n.Err, want)
 	}
@@ -400,5 +400,87 @@ func TestEvaluateConcurrently(t *testing.T) {
 		if err := <-done; err != nil {
 			t.Error(err)
 		}
+	}
+}
+
+// Values of typed keywords are checked the way WeChat checks them (47003) before any HTTP call,
+// counted in runes; free text may be truncated instead when the rule says so.
+func TestKeywordValueRules(t *testing.T) {
+	const rule = `rules:
+  - name: r
+    when: "true"
+    account: weapp
+    api: %s
+    truncate: %v
+    message:
+      touser: o1
+      template_id: T
+      data:
+        %s: {value: "${event.v}"}
+`
+	long := "广州市海珠区新港中路397号TIT创意园二期" // 22 runes, 46 bytes
+	for _, tc := range []struct {
+		name, api, kw, value string
+		truncate              bool
+		want, err             string
+	}{
+		{"thing within 20 runes", "subscribeMessage.send", "thing3", "广州市海珠区新港中路397号", false, "广州市海珠区新港中路397号", ""},
+		{"thing over 20 runes rejected", "subscribeMessage.send", "thing3", long, false, "", `(22 characters) is not a valid thing value: at most 20 characters`},
+		{"thing over 20 runes truncated on opt-in", "subscribeMessage.send", "thing3", long, true, "广州市海珠区新港中路397号TIT创意…", ""},
+		{"thing with newline rejected", "subscribeMessage.send", "thing1", "a\nb", false, "", "is not a valid thing value"},
+		{"character_string with Chinese", "subscribeMessage.send", "character_string2", "SF单号1", false, "", "is not a valid character_string value"},
+		{"character_string not truncated", "subscribeMessage.send", "character_string2", "SF单号1", true, "", "is not a valid character_string value"},
+		{"amount", "subscribeMessage.send", "amount4", "¥39.80", false, "¥39.80", ""},
+		{"bad time", "subscribeMessage.send", "time5", "18h00", false, "", "is not a valid time value"},
+		{"phrase", "subscribeMessage.send", "phrase6", "已发货", false, "已发货", ""},
+		{"OA category keyword checked", "template.send", "thing2", long, false, "", "is not a valid thing value"},
+		{"untyped keyword not checked", "template.send", "keyword1", long + long, false, long + long, ""},
+		{"legacy API not checked", "templateMessage.send", "thing1", long, false, long, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			text := fmt.Sprintf(rule, tc.api, tc.truncate, tc.kw)
+			if tc.api == "templateMessage.send" {
+				text = strings.Replace(text, "template_id: T", "template_id: T\n      form_id: F", 1)
+			}
+			s := mustParse(t, text)
+			ev := NewEvent(map[string]any{"v": tc.value})
+			n := s.Evaluate(ev, Meta{EventID: "e"}, nil)[0]
+			if tc.err != "" {
+				if n.Err == nil || !strings.Contains(n.Err.Error(), tc.err) || !strings.Contains(n.Err.Error(), "message.data."+tc.kw+".value") {
+					t.Fatalf("err = %v, want it to name the field and contain %q", n.Err, tc.err)
+				}
+				return
+			}
+			if n.Err != nil {
+				t.Fatalf("rejected: %v", n.Err)
+			}
+			var body struct {
+				Data map[string]struct{ Value string } `json:"data"`
+			}
+			if err := json.Unmarshal(n.Body, &body); err != nil {
+				t.Fatal(err)
+			}
+			if got := body.Data[tc.kw].Value; got != tc.want {
+				t.Fatalf("value = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// A static value that breaks its type's rules is a load problem, not a run-time surprise.
+func TestStaticKeywordValueCheckedAtLoad(t *testing.T) {
+	_, err := Parse(map[string][]byte{"r.yaml": []byte(`rules:
+  - name: r
+    when: "true"
+    account: weapp
+    api: subscribeMessage.send
+    message:
+      touser: o1
+      template_id: T
+      data:
+        phrase1: {value: "not a phrase"}
+`)}, Options{})
+	if err == nil || !strings.Contains(err.Error(), `r.yaml:10:`) || !strings.Contains(err.Error(), `message.data.phrase1.value: "not a phrase" (12 characters) is not a valid phrase value`) {
+		t.Fatalf("err = %v", err)
 	}
 }

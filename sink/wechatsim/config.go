@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/wxnotify/wxnotify/sink/wxapi"
 )
 
 // Names under which the token endpoints appear in stats and in Fault.API (WeChat's own names).
@@ -100,7 +102,7 @@ type Quota struct {
 func (c *Config) Validate() error {
 	for id, t := range c.Templates {
 		for kw, typ := range t.Keywords {
-			if _, ok := valueRules[typ]; !ok {
+			if wxapi.ValueRule(typ) == "" {
 				return fmt.Errorf("template %s keyword %s: unknown type %q", id, kw, typ)
 			}
 		}

@@ -165,7 +165,7 @@ func checkKeyword(v any, path string, allowUnknown bool) *rejection {
 // characters; we only insist on non-empty, ≤ 64 bytes, no spaces or control characters.
 func validOpenID(s string) bool {
 	return s != "" && len(s) <= 64 && !strings.ContainsFunc(s, func(r rune) bool {
-		return unicode.IsSpace(r) || isControl(r)
+		return unicode.IsSpace(r) || unicode.IsControl(r)
 	})
 }
 
@@ -184,7 +184,7 @@ func checkSubscribeValues(data map[string]any, tpl Template, infer bool) *reject
 			note(kw)
 			continue
 		}
-		if !valueRules[typ](keywordValue(data, kw)) {
+		if !wxapi.ValidValue(typ, keywordValue(data, kw)) {
 			note(kw)
 		}
 	}
@@ -193,7 +193,7 @@ func checkSubscribeValues(data map[string]any, tpl Template, infer bool) *reject
 			if _, declared := tpl.Keywords[kw]; declared {
 				continue
 			}
-			if typ := keywordType(kw); typ != "" && !valueRules[typ](keywordValue(data, kw)) {
+			if typ := wxapi.KeywordType(kw); typ != "" && !wxapi.ValidValue(typ, keywordValue(data, kw)) {
 				note(kw)
 			}
 		}

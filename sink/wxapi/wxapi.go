@@ -69,6 +69,9 @@ type API struct {
 	IdempotencyField string
 	// Retired is the errcode WeChat now answers for this API on production accounts (0 if live).
 	Retired int
+	// TypedValues: data keywords named by type ("thing3") have their values checked by that
+	// type's rules (ValidValue) before sending, as WeChat checks them (47003).
+	TypedValues bool
 }
 
 var (
@@ -114,6 +117,7 @@ var (
 				{Name: "lang", Kind: String, Enum: []string{"zh_CN", "en_US", "zh_HK", "zh_TW"}},
 			}},
 			TemplateIDPaths: [][]string{{"template_id"}},
+			TypedValues:     true,
 		},
 		{
 			Name: "template.send",
@@ -128,6 +132,7 @@ var (
 			}},
 			TemplateIDPaths:  [][]string{{"template_id"}},
 			IdempotencyField: "client_msg_id",
+			TypedValues:      true,
 		},
 	}
 	catalog = func() map[string]*API {

@@ -303,3 +303,31 @@ func golden(t *testing.T, path string, got []byte) {
 		t.Errorf("%s differs (UPDATE_GOLDEN=1 rewrites it):\n--- got\n%s\n--- want\n%s", path, got, want)
 	}
 }
+
+// A subscribe value WeChat would refuse (thing over 20 characters) is rejected locally, naming
+// the field, without spending a call; the other notification of the event is still sent.
+func TestOverlongThingRejectedWithoutHTTPCall(t *testing.T) {
+	h := newHarness(t, wechatsim.Config{})
+	h.start()
+	m := event("e-long", "order.paid", "u-long")
+	m.Value = bytes.Replace(m.Value, []byte(`"name":"TIT创意园店"`), []byte(`"name":"广州市海珠区新港中路397号TIT创意园二期旗舰店"`), 1)
+	h.produce("events", m)
+	outs := h.outcomes(2, 20*time.Second)
+	for _, o := range outs {
+		switch o.Rule {
+		case "order-paid-subscribe":
+			if o.Status != "rejected" || !strings.Contains(o.ErrMsg, "message.data.thing3.value") || o.Attempts != 0 {
+				t.Errorf("subscribe outcome = %s attempts %d %q, want rejected naming data.thing3.value", o.Status, o.Attempts, o.ErrMsg)
+			}
+		case "order-paid":
+			if o.Status != "sent" {
+				t.Errorf("order-paid = %s %q", o.Status, o.ErrMsg)
+			}
+		}
+	}
+	for _, r := range h.sim.Requests() {
+		if r.API == "subscribeMessage.send" {
+			t.Errorf("the simulator received a subscribe call: %s", r.Body)
+		}
+	}
+}

@@ -1,14 +1,16 @@
-package wechatsim
+package wxapi
 
 import (
+	"sort"
 	"strings"
 	"unicode"
 	"unicode/utf8"
 )
 
-// valueRules checks a subscribeMessage.send keyword value by keyword type, as in
-// docs/wechat-api.md B.2 "Value rules per keyword type". Lengths are in runes. Hand-written
-// checks rather than regexps: this runs for every keyword of every subscribe call.
+// valueRules checks a template keyword value by keyword type, as WeChat documents them for
+// subscribeMessage.send and the Official Account category templates ("Value rules per keyword
+// type"). Lengths are in runes. Hand-written checks rather than regexps: this runs for every
+// keyword of every send, in the sender (to reject before spending quota) and in the simulator.
 var valueRules = map[string]func(string) bool{
 	"thing":            validThing,
 	"number":           validNumber,
@@ -26,9 +28,68 @@ var valueRules = map[string]func(string) bool{
 	"const":            validConst,
 }
 
-// keywordType infers a keyword's type from its name: WeChat names keywords type + number
-// ("thing1", "character_string12").
-func keywordType(name string) string {
+// valueRuleText says in words what each type accepts, for error messages.
+var valueRuleText = map[string]string{
+	"thing":            "at most 20 characters, no newlines or control characters",
+	"number":           "at most 32 digits, decimals allowed",
+	"letter":           "at most 32 letters only",
+	"symbol":           "at most 5 symbols only",
+	"character_string": "at most 32 digits, letters or symbols, no Chinese or spaces",
+	"time":             "a 24-hour time HH:MM[:SS], optionally after a date, or a range joined by ~",
+	"date":             "a date such as 2019-10-01 or 2019年10月1日, optionally with a time, or a range joined by ~",
+	"amount":           "an optional currency symbol, at most 10 integer digits, optional decimals and 元",
+	"phone_number":     "at most 17 digits or symbols",
+	"car_number":       "at most 8 characters: letters and digits, Chinese only first or last",
+	"name":             "at most 10 Chinese characters or 20 letters, no digits",
+	"phrase":           "at most 5 Chinese characters only",
+	"enum":             "one of the template's enumerated values",
+	"const":            "at most 20 characters, pre-approved values",
+}
+
+// KeywordTypes lists the keyword types with value rules.
+func KeywordTypes() []string {
+	out := make([]string, 0, len(valueRules))
+	for t := range valueRules {
+		out = append(out, t)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// ValidValue reports whether s is acceptable for a keyword of type typ. Unknown types accept
+// anything: only WeChat knows their rules.
+func ValidValue(typ, s string) bool {
+	f, ok := valueRules[typ]
+	return !ok || f(s)
+}
+
+// ValueRule says in words what type typ accepts ("" for an unknown type).
+func ValueRule(typ string) string { return valueRuleText[typ] }
+
+// TruncateValue shortens s with an ellipsis so it fits a free-text type (thing, const: 20
+// characters), dropping control characters. ok is false for other types, where cutting would
+// change the meaning (a number, a date) rather than shorten a text.
+func TruncateValue(typ, s string) (string, bool) {
+	if typ != "thing" && typ != "const" {
+		return s, false
+	}
+	const limit = 20
+	var out []rune
+	for _, r := range s {
+		if !isControl(r) {
+			out = append(out, r)
+		}
+	}
+	if len(out) > limit {
+		out = append(out[:limit-1], '…')
+	}
+	return string(out), true
+}
+
+// KeywordType infers a keyword's type from its name: WeChat names keywords type + number
+// ("thing1", "character_string12"). It returns "" for names that carry no type (keyword1,
+// first, remark).
+func KeywordType(name string) string {
 	t := strings.TrimRight(name, "0123456789")
 	if t == name || t == "" {
 		return ""
