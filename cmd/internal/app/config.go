@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -165,20 +166,43 @@ var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}`)
 // unset and had no default, so validation errors can point at them.
 func expandEnv(raw []byte, lookup func(string) (string, bool)) ([]byte, []string) {
 	var unset []string
-	out := envRef.ReplaceAllFunc(raw, func(m []byte) []byte {
-		sub := envRef.FindSubmatch(m)
-		name := string(sub[1])
-		if v, ok := lookup(name); ok && (v != "" || sub[2] == nil) {
-			return []byte(v)
+	var out []byte
+	last := 0
+	for _, loc := range envRef.FindAllSubmatchIndex(raw, -1) {
+		out = append(out, raw[last:loc[0]]...)
+		last = loc[1]
+		name := string(raw[loc[2]:loc[3]])
+		hasDefault := loc[4] >= 0
+		if v, ok := lookup(name); ok && (v != "" || !hasDefault) {
+			out = append(out, v...)
+			continue
 		}
-		if bytes.Contains(m, []byte(":-")) {
-			return sub[2]
+		if hasDefault {
+			out = append(out, raw[loc[4]:loc[5]]...)
+			continue
 		}
-		unset = append(unset, name)
-		return nil
-	})
+		// A reference in a YAML comment expands to nothing and is no reason to complain.
+		if !inComment(raw, loc[0]) && !slices.Contains(unset, name) {
+			unset = append(unset, name)
+		}
+	}
+	out = append(out, raw[last:]...)
 	sort.Strings(unset)
 	return out, unset
+}
+
+// inComment reports whether offset i of raw lies after a YAML comment marker on its line (a #
+// at the line start or after a space; quotes are not tracked, which only matters for a # inside
+// a quoted value, where the worst case is a missing name in a hint).
+func inComment(raw []byte, i int) bool {
+	start := bytes.LastIndexByte(raw[:i], '\n') + 1
+	line := raw[start:i]
+	for j := 0; j < len(line); j++ {
+		if line[j] == '#' && (j == 0 || line[j-1] == ' ' || line[j-1] == '\t') {
+			return true
+		}
+	}
+	return false
 }
 
 // checkSecretsAreReferences refuses a config whose wechat.accounts.*.secret is a literal: the

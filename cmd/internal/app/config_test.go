@@ -139,3 +139,15 @@ func TestShippedConfigParses(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestExpandEnv(t *testing.T) {
+	raw := "a: ${A}\nb: ${B:-dflt}\nc: ${C:-}\nd: ${D}\n# comment ${E}\ne: x # ${F}\nf: ${B}${B}\n"
+	out, unset := expandEnv([]byte(raw), env(map[string]string{"A": "1", "C": ""}))
+	want := "a: 1\nb: dflt\nc: \nd: \n# comment \ne: x # \nf: \n"
+	if string(out) != want {
+		t.Errorf("expanded:\n%s\nwant:\n%s", out, want)
+	}
+	if strings.Join(unset, ",") != "B,D" {
+		t.Errorf("unset = %v, want [B D] (comments ignored, each name once)", unset)
+	}
+}
