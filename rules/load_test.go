@@ -575,3 +575,20 @@ func TestRuleOptions(t *testing.T) {
 		t.Errorf("keys: %+v", ns)
 	}
 }
+
+// Replicas mount the same rules at different paths; the version must only follow the content.
+func TestVersionIgnoresDirectory(t *testing.T) {
+	src := []byte("rules:\n  - name: r\n    when: \"true\"\n    account: a\n    api: subscribeMessage.send\n    message: {touser: o, template_id: T, data: {k: {value: v}}}\n")
+	a, err := Parse(map[string][]byte{"/etc/wxnotify/rules/x.yaml": src}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Parse(map[string][]byte{"x.yaml": src}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := Parse(map[string][]byte{"y.yaml": src}, Options{})
+	if a.Version != b.Version || a.Version == c.Version {
+		t.Fatalf("versions %s %s %s: want the first two equal (same name and content) and the third different (renamed)", a.Version, b.Version, c.Version)
+	}
+}

@@ -138,7 +138,8 @@ func (e *LoadError) Error() string {
 // Set is a loaded, fully compiled set of rules. It is immutable and safe for concurrent use;
 // reloading builds a new Set.
 type Set struct {
-	// Version is the first 12 hex digits of a sha256 over the sorted (file name, content) pairs.
+	// Version is the first 12 hex digits of a sha256 over the sorted (base file name, content)
+	// pairs: the same rules give the same version on every replica, wherever they are mounted.
 	Version  string
 	LoadedAt time.Time
 	// Rules in load order: files sorted by name, rules in file order.
@@ -316,7 +317,7 @@ func Parse(files map[string][]byte, opts Options) (*Set, error) {
 	var rules []*Rule
 	h := sha256.New()
 	for _, name := range names {
-		h.Write([]byte(name))
+		h.Write([]byte(filepath.Base(name)))
 		h.Write([]byte{0})
 		h.Write(files[name])
 		h.Write([]byte{0})

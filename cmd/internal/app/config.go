@@ -38,6 +38,7 @@ type KafkaConfig struct {
 	EventsTopic       StringList    `yaml:"events_topic"`       // one topic or a list; required
 	OutcomesTopic     string        `yaml:"outcomes_topic"`     // default wxnotify.outcomes
 	DeadLetterTopic   string        `yaml:"dead_letter_topic"`  // default wxnotify.dlq
+	DelayTopic        string        `yaml:"delay_topic"`        // default wxnotify.delayed; quiet_hours (action delay) holds notifications there; must exist
 	StartOffset       string        `yaml:"start_offset"`       // first (default) or last, for partitions with no committed offset
 	SessionTimeout    time.Duration `yaml:"session_timeout"`    // default 10s
 	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"` // default 3s
@@ -86,10 +87,12 @@ type HTTPConfig struct {
 
 // ProcessorConfig is the `processor:` section.
 type ProcessorConfig struct {
-	MaxInFlight    int           `yaml:"max_in_flight"`   // events in flight across partitions, default 1024
-	CommitInterval time.Duration `yaml:"commit_interval"` // default 200ms
-	DrainTimeout   time.Duration `yaml:"drain_timeout"`   // default 15s
-	DryRun         bool          `yaml:"dry_run"`         // everything but the WeChat call
+	MaxInFlight    int           `yaml:"max_in_flight"`    // events in flight across partitions, default 1024
+	CommitInterval time.Duration `yaml:"commit_interval"`  // default 200ms
+	DrainTimeout   time.Duration `yaml:"drain_timeout"`    // default 15s
+	DryRun         bool          `yaml:"dry_run"`          // everything but the WeChat call
+	MaxDelayed     int           `yaml:"max_delayed"`      // delayed notifications held in memory until their time, default 10000
+	ControlMaxKeys int           `yaml:"control_max_keys"` // dedupe keys, and throttle keys, kept per rule, default 1000000
 }
 
 // LogConfig is the `log:` section.
@@ -148,7 +151,7 @@ func ParseConfig(raw []byte, lookup func(string) (string, bool)) (*Config, error
 	dec := yaml.NewDecoder(bytes.NewReader(expanded))
 	dec.KnownFields(true)
 	if err := dec.Decode(&cfg); err != nil {
-		return nil, fmt.Errorf("parse: %w", err)
+		return nil, fmt.Errorf("parse: %s", yamlKeyNames.Replace(err.Error()))
 	}
 	cfg.applyDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -159,6 +162,19 @@ func ParseConfig(raw []byte, lookup func(string) (string, bool)) (*Config, error
 	}
 	return &cfg, nil
 }
+
+// yamlKeyNames turns the decoder's Go type names into the config sections a user edits.
+var yamlKeyNames = strings.NewReplacer(
+	"in type app.Config", "at the top level",
+	"in type app.KafkaConfig", "under kafka",
+	"in type app.WeChatConfig", "under wechat",
+	"in type app.AccountConfig", "under wechat.accounts.<name>",
+	"in type app.RetryConfig", "under wechat.retry",
+	"in type app.RulesConfig", "under rules",
+	"in type app.HTTPConfig", "under http",
+	"in type app.ProcessorConfig", "under processor",
+	"in type app.LogConfig", "under log",
+)
 
 var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}`)
 
@@ -257,6 +273,9 @@ func (c *Config) applyDefaults() {
 	if c.Kafka.DeadLetterTopic == "" {
 		c.Kafka.DeadLetterTopic = "wxnotify.dlq"
 	}
+	if c.Kafka.DelayTopic == "" {
+		c.Kafka.DelayTopic = "wxnotify.delayed"
+	}
 	if c.Kafka.StartOffset == "" {
 		c.Kafka.StartOffset = "first"
 	}
@@ -274,6 +293,12 @@ func (c *Config) applyDefaults() {
 	}
 	if c.Processor.MaxInFlight == 0 {
 		c.Processor.MaxInFlight = 1024
+	}
+	if c.Processor.MaxDelayed == 0 {
+		c.Processor.MaxDelayed = 10000
+	}
+	if c.Processor.ControlMaxKeys == 0 {
+		c.Processor.ControlMaxKeys = 1000000
 	}
 	if c.WeChat.MaxConns == 0 {
 		c.WeChat.MaxConns = c.Processor.MaxInFlight
@@ -311,6 +336,12 @@ func (c *Config) Validate() error {
 		if t == c.Kafka.OutcomesTopic || t == c.Kafka.DeadLetterTopic {
 			bad("kafka.events_topic: %q is also the outcomes or dead-letter topic", t)
 		}
+		if t == c.Kafka.DelayTopic {
+			bad("kafka.events_topic: %q is also the delay topic", t)
+		}
+	}
+	if c.Kafka.DelayTopic == c.Kafka.OutcomesTopic || c.Kafka.DelayTopic == c.Kafka.DeadLetterTopic {
+		bad("kafka.delay_topic: %q is also the outcomes or dead-letter topic", c.Kafka.DelayTopic)
 	}
 	if c.Kafka.StartOffset != "first" && c.Kafka.StartOffset != "last" {
 		bad("kafka.start_offset: %q is not first or last", c.Kafka.StartOffset)
@@ -343,6 +374,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Processor.MaxInFlight < 1 {
 		bad("processor.max_in_flight: must be at least 1")
+	}
+	if c.Processor.MaxDelayed < 1 {
+		bad("processor.max_delayed: must be at least 1")
+	}
+	if c.Processor.ControlMaxKeys < 1 {
+		bad("processor.control_max_keys: must be at least 1")
 	}
 	if _, err := time.LoadLocation(c.Rules.Zone); err != nil {
 		bad("rules.zone: %v", err)
