@@ -1,9 +1,17 @@
 // Command wxnotify turns business events on Kafka into WeChat notifications.
 //
-//	wxnotify run   -config configs/wxnotify.yaml   the processor, against Kafka and WeChat
-//	wxnotify demo  [-keep]                         everything in one process, on sample events
+//	wxnotify run    -config configs/wxnotify.yaml   the processor, against Kafka and WeChat
+//	wxnotify demo   [-keep]                         everything in one process, on sample events
+//	wxnotify check  -config FILE | -rules PATH      load and compile every rule; print every problem
+//	wxnotify render -rules PATH -event FILE         the exact bodies the rules make of events
+//	wxnotify test   [-rules configs/rules]          run the rule fixtures (*_test.yaml)
+//	wxnotify schema [-o FILE]                       the JSON Schema of rule files
 //
-// Exit status: 0 success, 1 failure, 2 usage.
+// check, render, test and schema are the rule authoring tools: they need no network, no
+// token and no Kafka, so they run in CI and in an init container.
+//
+// Exit status: 0 success, 1 failure (or problems found, tests failed, a body rejected),
+// 2 usage.
 package main
 
 import (
@@ -26,6 +34,11 @@ const usage = `usage: wxnotify <command> [flags]
 commands:
   run    -config FILE        run the processor against Kafka and WeChat
   demo   [-keep]             run broker, WeChat simulator and processor in one process on sample events
+  check  -config FILE        check the config and every rule (or -rules PATH: rules only); no network
+  render -rules PATH -event FILE [-explain]
+                             print the exact request bodies the rules make of the events in FILE
+  test   [-rules PATH]       run the rule fixtures (*_test.yaml) next to the rules (default configs/rules)
+  schema [-o FILE]           print the JSON Schema of rule files (configs/rules.schema.json)
 
 "wxnotify <command> -h" shows a command's flags.
 `
@@ -42,6 +55,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdRun(ctx, args[1:], stderr)
 	case "demo":
 		return cmdDemo(ctx, args[1:], stdout, stderr)
+	case "check":
+		return cmdCheck(args[1:], stdout, stderr)
+	case "render":
+		return cmdRender(args[1:], stdout, stderr)
+	case "test":
+		return cmdTest(args[1:], stdout, stderr)
+	case "schema":
+		return cmdSchema(args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -62,11 +83,34 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "wxnotify: %v\n", err)
 		return 1
 	}
-	if err := app.Run(ctx, cfg, app.Options{}); err != nil {
+	if err := app.Run(ctx, cfg, app.Options{Reload: reloadOnHangup(ctx)}); err != nil {
 		fmt.Fprintf(stderr, "wxnotify: %v\n", err)
 		return 1
 	}
 	return 0
+}
+
+// reloadOnHangup turns SIGHUP into rule reload requests until ctx ends. Requests that arrive
+// while one is pending coalesce: one reload reads the files as they are then.
+func reloadOnHangup(ctx context.Context) <-chan struct{} {
+	reload := make(chan struct{}, 1)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		defer signal.Stop(hup)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				select {
+				case reload <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}()
+	return reload
 }
 
 func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
