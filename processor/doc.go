@@ -4,6 +4,10 @@
 // notification, and commits each partition's offsets only up to the longest prefix of events
 // whose outcomes the broker has acknowledged.
 //
+// It also enforces the per-rule notification controls that package rules parses (controls.go:
+// expire_after, quiet_hours, dedupe, throttle; dry_run) and delivers notifications delayed by
+// quiet hours through a delay topic it consumes in the same group (delay.go).
+//
 // It is the only package that knows the whole flow. What it consumes it names by small
 // interfaces (Sender, Publisher, RuleSource); it does not know HTTP, token handling or how the
 // outcome writer batches.

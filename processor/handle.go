@@ -26,7 +26,8 @@ type event struct {
 	version string    // rule set version that evaluated it
 	start   time.Time
 	pending atomic.Int32
-	lost    atomic.Bool // an outcome was never acknowledged: the offset must stay uncommitted
+	lost    atomic.Bool    // an outcome was never acknowledged: the offset must stay uncommitted
+	delayed *delayedRecord // set for a record of the delay topic (delay.go)
 }
 
 // handle evaluates one record and starts its notifications. It runs on the partition's fetch
@@ -79,18 +80,49 @@ func (p *Processor) handle(pt *partition, msg kafka.Message) {
 		case note.WhenErr:
 		case note.Err != nil:
 			p.emit(ev, &note, StatusRejected, wechat.Result{ErrMsg: note.Err.Error()})
-		case p.cfg.DryRun || note.Rule.DryRun:
-			p.emit(ev, &note, StatusDryRun, wechat.Result{})
+		case hasControls(note.Rule) && p.gate(ev, &note):
+			// Notification controls (controls.go): expired, skipped or delayed.
 		default:
-			userKey := "u\x00" + note.Rule.Account + "\x00" + note.ToUser
-			p.sched.submit(newTask(func(t *task) { p.send(t, ev, &note) }, laneKey, userKey))
+			p.dispatch(ev, &note, laneKey, p.cfg.DryRun || note.Rule.DryRun)
 		}
 	}
 }
 
+// dispatch starts a notification that passed the controls decided at evaluation: a dry run is
+// finished at once unless dedupe or throttle must decide it in order; anything else becomes a
+// task in the Kafka key's lane, the recipient's lane and, with dedupe, the dedupe key's lane.
+func (p *Processor) dispatch(ev *event, note *rules.Notification, laneKey string, dry bool) {
+	stateful := hasStateful(note.Rule)
+	if dry && !stateful {
+		p.emit(ev, note, StatusDryRun, wechat.Result{})
+		return
+	}
+	userKey := "u\x00" + note.Rule.Account + "\x00" + note.ToUser
+	dedupeKey := ""
+	if note.Rule.Dedupe != nil {
+		dedupeKey = "d\x00" + storeName(note.Rule.Name, dry) + "\x00" + note.DedupeKey
+	}
+	p.sched.submit(newTask(func(t *task) { p.send(t, ev, note, dry, stateful) }, laneKey, userKey, dedupeKey))
+}
+
 // send makes the WeChat call for one notification; it holds the notification's lanes only for
 // the call, not for the outcome write.
-func (p *Processor) send(t *task, ev *event, note *rules.Notification) {
+func (p *Processor) send(t *task, ev *event, note *rules.Notification, dry, stateful bool) {
+	var adm admission
+	if stateful {
+		var why string
+		if adm, why = p.controls.admit(note, dry, p.cfg.Now()); why != "" {
+			p.sched.done(t)
+			p.emit(ev, note, StatusSkipped, wechat.Result{ErrMsg: why})
+			return
+		}
+	}
+	if dry {
+		adm.settle(true, p.cfg.Now())
+		p.sched.done(t)
+		p.emit(ev, note, StatusDryRun, wechat.Result{})
+		return
+	}
 	res := p.sender.Send(p.sendCtx, wechat.Request{
 		Account:        note.Rule.Account,
 		API:            note.Rule.API,
@@ -99,6 +131,9 @@ func (p *Processor) send(t *task, ev *event, note *rules.Notification) {
 		TemplateID:     note.TemplateID,
 		RetryOnTimeout: note.Rule.RetryOnTimeout,
 	})
+	if stateful {
+		adm.settle(res.OK(), p.cfg.Now())
+	}
 	p.sched.done(t)
 	status := StatusSent
 	if !res.OK() {
@@ -138,6 +173,9 @@ func (p *Processor) emit(ev *event, note *rules.Notification, status string, res
 	if status == StatusDryRun {
 		o.Body = note.Body
 	}
+	if d := ev.delayed; d != nil {
+		o.Source, o.DelayedUntil = d.Source, formatTime(d.NotBefore)
+	}
 	if status == StatusRejected {
 		p.warn.WithFields(logrus.Fields{"event_id": ev.id, "rule": note.Rule.Name, "reason": res.ErrMsg,
 			"topic": ev.pt.topic, "partition": ev.pt.id, "offset": ev.msg.Offset}).Warn("notification rejected")
@@ -162,7 +200,7 @@ func (ev *event) acked(err error) {
 	if ev.lost.Load() {
 		// The writer closed before the broker acknowledged an outcome: leave the offset
 		// uncommitted so the next owner redoes the event, but give back the budget.
-		ev.p.release()
+		ev.release()
 		return
 	}
 	ev.finish()
@@ -171,6 +209,16 @@ func (ev *event) acked(err error) {
 func (ev *event) finish() {
 	ev.slot.finish()
 	ev.p.metrics.eventSeconds.Observe(ev.p.cfg.Now().Sub(ev.start).Seconds())
+	ev.release()
+}
+
+// release gives back the budget the event was fetched under.
+func (ev *event) release() {
+	if ev.delayed != nil {
+		<-ev.p.delayBudget
+		ev.p.metrics.delayedHeld.Dec()
+		return
+	}
 	ev.p.release()
 }
 

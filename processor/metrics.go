@@ -19,6 +19,10 @@ type metrics struct {
 	assigned      prometheus.Gauge
 	rebalances    prometheus.Counter
 	eventSeconds  prometheus.Histogram
+
+	delayed        *prometheus.CounterVec
+	delayedHeld    prometheus.Gauge
+	controlEvicted *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -61,10 +65,22 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "From fetching an event to the acknowledgement of its last outcome.",
 			Buckets: []float64{.005, .01, .025, .05, .075, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}),
+		delayed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wxnotify_notifications_delayed_total",
+			Help: "Notifications written to the delay topic by quiet_hours (action delay); their outcome is counted when they are sent.",
+		}, []string{"rule", "api"}),
+		delayedHeld: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "wxnotify_delayed_held", Help: "Delayed notifications read from the delay topic and not yet finished (waiting for their time or being sent).",
+		}),
+		controlEvicted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wxnotify_control_keys_evicted_total",
+			Help: "Dedupe or throttle keys forgotten before their window ended because a rule's state reached processor.control_max_keys.",
+		}, []string{"control"}),
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.consumed, m.unmatched, m.deadLettered, m.notifications, m.ruleErrors,
-			m.inFlight, m.lag, m.lastCommit, m.commitErrors, m.assigned, m.rebalances, m.eventSeconds} {
+			m.inFlight, m.lag, m.lastCommit, m.commitErrors, m.assigned, m.rebalances, m.eventSeconds,
+			m.delayed, m.delayedHeld, m.controlEvicted} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register processor metrics: %w", err)
 			}

@@ -14,6 +14,8 @@ const (
 	StatusFailed   = "failed"   // WeChat (or the client, after retries) refused or could not be reached
 	StatusRejected = "rejected" // not sent: the rule could not build a valid body from the event
 	StatusDryRun   = "dry_run"  // not sent: the rule or the process is in dry-run mode
+	StatusSkipped  = "skipped"  // not sent: dedupe, throttle or quiet_hours (action skip); errmsg says which
+	StatusExpired  = "expired"  // not sent: the event was older than the rule's expire_after
 )
 
 // Outcome is the record written to the outcomes topic, one per notification. Its JSON form is
@@ -38,6 +40,9 @@ type Outcome struct {
 	ProcessedAt string          `json:"processed_at"`
 	LatencyMS   float64         `json:"latency_ms"`
 	Body        json.RawMessage `json:"body,omitempty"` // dry_run only: what would have been sent
+	// DelayedUntil is set when quiet_hours (action delay) held the notification: the end of the
+	// quiet window it waited for.
+	DelayedUntil string `json:"delayed_until,omitempty"`
 }
 
 // Source is where the event was read.

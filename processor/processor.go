@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,6 +43,10 @@ type Config struct {
 	Topics          []string
 	OutcomesTopic   string
 	DeadLetterTopic string
+	// DelayTopic holds notifications delayed by quiet_hours (action delay) until their time; the
+	// processor also consumes it, and it must exist. "" disables delayed delivery: such
+	// notifications are then skipped.
+	DelayTopic string
 
 	// MaxInFlight bounds the events fetched but not finished, across all partitions: the
 	// memory bound and the back-pressure on fetching. Default 1024.
@@ -62,6 +67,12 @@ type Config struct {
 	Dialer *kafka.Dialer
 	// DryRun makes every rule dry-run: everything but the WeChat call.
 	DryRun bool
+	// MaxDelayed bounds the delayed notifications held in memory until their time, across all
+	// delay topic partitions; fetching them pauses at the bound. Default 10000.
+	MaxDelayed int
+	// ControlMaxKeys bounds the keys the dedupe state, and separately the throttle state, of
+	// each rule keeps; past it the oldest key is forgotten early. Default 1000000.
+	ControlMaxKeys int
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 }
@@ -91,6 +102,12 @@ func (c *Config) withDefaults() {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	if c.MaxDelayed <= 0 {
+		c.MaxDelayed = 10000
+	}
+	if c.ControlMaxKeys <= 0 {
+		c.ControlMaxKeys = 1000000
+	}
 }
 
 // Validate reports the first missing or inconsistent field, named as in the config file.
@@ -113,6 +130,12 @@ func (c Config) Validate() error {
 		if t == c.OutcomesTopic || t == c.DeadLetterTopic {
 			return fmt.Errorf("kafka.events_topic: %q is also the outcomes or dead-letter topic", t)
 		}
+		if t == c.DelayTopic {
+			return fmt.Errorf("kafka.events_topic: %q is also the delay topic", t)
+		}
+	}
+	if c.DelayTopic != "" && (c.DelayTopic == c.OutcomesTopic || c.DelayTopic == c.DeadLetterTopic) {
+		return fmt.Errorf("kafka.delay_topic: %q is also the outcomes or dead-letter topic", c.DelayTopic)
 	}
 	return nil
 }
@@ -127,9 +150,12 @@ type Processor struct {
 	metrics *metrics
 	sched   *scheduler
 	budget  chan struct{}
-	sendCtx context.Context
-	joined  atomic.Bool
-	warn    *logLimiter
+	// delayBudget bounds the delayed notifications held (delay.go).
+	delayBudget chan struct{}
+	controls    *controls
+	sendCtx     context.Context
+	joined      atomic.Bool
+	warn        *logLimiter
 }
 
 // New builds a Processor. Metrics are registered on reg.
@@ -144,9 +170,11 @@ func New(cfg Config, rs RuleSource, sender Sender, pub Publisher, reg prometheus
 	}
 	return &Processor{
 		cfg: cfg, rules: rs, sender: sender, pub: pub, log: log, metrics: m,
-		sched:  newScheduler(),
-		budget: make(chan struct{}, cfg.MaxInFlight),
-		warn:   newLogLimiter(log, 20),
+		sched:       newScheduler(),
+		budget:      make(chan struct{}, cfg.MaxInFlight),
+		delayBudget: make(chan struct{}, cfg.MaxDelayed),
+		controls:    newControls(cfg.ControlMaxKeys, m.controlEvicted),
+		warn:        newLogLimiter(log, 20),
 	}, nil
 }
 
@@ -162,11 +190,18 @@ func (p *Processor) Run(ctx context.Context) error {
 	defer cancelSends()
 	p.sendCtx = sendCtx
 
+	if err := p.ensureTopics(ctx); err != nil {
+		return err
+	}
+	topics := p.cfg.Topics
+	if p.cfg.DelayTopic != "" {
+		topics = append(slices.Clip(topics), p.cfg.DelayTopic)
+	}
 	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
 		ID:                p.cfg.GroupID,
 		Brokers:           p.cfg.Brokers,
 		Dialer:            p.cfg.Dialer,
-		Topics:            p.cfg.Topics,
+		Topics:            topics,
 		SessionTimeout:    p.cfg.SessionTimeout,
 		HeartbeatInterval: p.cfg.HeartbeatInterval,
 		RebalanceTimeout:  p.cfg.RebalanceTimeout,
@@ -217,12 +252,16 @@ func (p *Processor) runGeneration(gctx context.Context, gen *kafka.Generation) {
 	p.metrics.assigned.Set(float64(len(parts)))
 	p.log.WithFields(logrus.Fields{"generation": gen.ID, "member": gen.MemberID, "partitions": len(parts)}).Info("joined consumer group generation")
 
-	var fetchers sync.WaitGroup
+	var fetchers, holds sync.WaitGroup
 	for _, pt := range parts {
 		fetchers.Add(1)
 		go func() {
 			defer fetchers.Done()
-			p.fetch(gctx, pt)
+			if pt.topic == p.cfg.DelayTopic {
+				p.fetchDelayed(gctx, pt, &holds)
+			} else {
+				p.fetch(gctx, pt)
+			}
 		}()
 	}
 
@@ -241,6 +280,7 @@ loop:
 	// Revoked (rebalance or shutdown): fetching stops with gctx; wait for in-flight work within
 	// the drain deadline, then make the final commit while the generation is still ours.
 	fetchers.Wait()
+	holds.Wait() // held delayed records are handed back at once, not drained
 	deadline := time.NewTimer(p.cfg.DrainTimeout)
 	defer deadline.Stop()
 	abandoned := 0
@@ -299,19 +339,7 @@ func (p *Processor) commit(gen *kafka.Generation, parts []*partition) {
 
 // fetch reads one partition until gctx ends, feeding events in offset order.
 func (p *Processor) fetch(gctx context.Context, pt *partition) {
-	r := kafka.NewReader(kafka.ReaderConfig{
-		Brokers:        p.cfg.Brokers,
-		Topic:          pt.topic,
-		Partition:      pt.id,
-		Dialer:         p.cfg.Dialer,
-		MinBytes:       1,
-		MaxBytes:       4 << 20,
-		MaxWait:        250 * time.Millisecond,
-		QueueCapacity:  256,
-		ReadBackoffMin: 100 * time.Millisecond,
-		ReadBackoffMax: 2 * time.Second,
-		ErrorLogger:    kafka.LoggerFunc(func(f string, a ...any) { p.warn.Warnf("kafka reader: "+f, a...) }),
-	})
+	r := p.newReader(pt)
 	defer r.Close()
 	if err := r.SetOffset(pt.tracker.commitPoint()); err != nil {
 		p.log.WithError(err).WithFields(logrus.Fields{"topic": pt.topic, "partition": pt.id}).Error("cannot position the partition reader")

@@ -1,11 +1,15 @@
 package processor
 
-import "sync"
+import (
+	"slices"
+	"sync"
+)
 
 // scheduler runs tasks concurrently while keeping, for every key a task names, the tasks of that
-// key one at a time and in submission order. A task names up to two keys: its Kafka key (so
-// events with one key are sent in offset order) and its recipient (so no two sends to one user
-// are in flight together: WeChat answers 43108 to that).
+// key one at a time and in submission order. A task names up to three keys: its Kafka key (so
+// events with one key are sent in offset order), its recipient (so no two sends to one user
+// are in flight together: WeChat answers 43108 to that) and, for rules with dedupe, its
+// (rule, dedupe key) (so a repeat is decided only once the first send's outcome is known).
 //
 // Each key has a FIFO lane; a task starts when it heads every lane it is in. Because a task joins
 // all its lanes in one atomic step, and submissions are totally ordered, a task only ever waits
@@ -27,7 +31,7 @@ type lane struct {
 // task is one unit of keyed work. run is started in its own goroutine and must call
 // scheduler.done(t) exactly once when the work no longer needs its keys.
 type task struct {
-	keys    [2]string
+	keys    [3]string
 	nkeys   int
 	blocked int // lanes in which the task is not yet at the head
 	run     func(*task)
@@ -62,7 +66,7 @@ func (s *scheduler) submit(t *task) {
 
 // done releases t's keys and starts the tasks that were waiting only for it.
 func (s *scheduler) done(t *task) {
-	var ready [2]*task
+	var ready [3]*task
 	n := 0
 	s.mu.Lock()
 	for i := 0; i < t.nkeys; i++ {
@@ -116,7 +120,7 @@ func (s *scheduler) freeLane(l *lane) {
 func newTask(run func(*task), keys ...string) *task {
 	t := &task{run: run}
 	for _, k := range keys {
-		if k != "" && t.nkeys < len(t.keys) && (t.nkeys == 0 || t.keys[0] != k) {
+		if k != "" && t.nkeys < len(t.keys) && !slices.Contains(t.keys[:t.nkeys], k) {
 			t.keys[t.nkeys] = k
 			t.nkeys++
 		}

@@ -92,6 +92,9 @@ func TestNewTaskSkipsEmptyAndDuplicateKeys(t *testing.T) {
 		{[]string{"k:1", "k:1"}, 1},
 		{[]string{"k:1", "u:1"}, 2},
 		{[]string{"", ""}, 0},
+		{[]string{"k:1", "u:1", "d:1"}, 3},
+		{[]string{"k:1", "u:1", "k:1"}, 2},
+		{[]string{"", "u:1", "d:1"}, 2},
 	} {
 		if got := newTask(nil, tc.keys...).nkeys; got != tc.want {
 			t.Errorf("newTask(%q).nkeys = %d, want %d", tc.keys, got, tc.want)

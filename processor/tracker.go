@@ -20,9 +20,10 @@ type tracker struct {
 
 // slot is one fetched offset; finish marks it done.
 type slot struct {
-	t      *tracker
-	offset int64
-	done   bool
+	t         *tracker
+	offset    int64
+	done      bool
+	abandoned bool
 }
 
 // newTracker starts a tracker whose commit point is start (the assigned offset; may be a
@@ -48,7 +49,9 @@ func (s *slot) finish() {
 	t.mu.Lock()
 	if !s.done {
 		s.done = true
-		t.pending--
+		if !s.abandoned {
+			t.pending--
+		}
 		for t.head < len(t.slots) && t.slots[t.head].done {
 			t.slots[t.head] = nil
 			t.head++
@@ -61,12 +64,31 @@ func (s *slot) finish() {
 			clear(t.slots[n:])
 			t.slots, t.head = t.slots[:n], 0
 		}
-		if t.pending == 0 && t.idle != nil {
-			close(t.idle)
-			t.idle = nil
-		}
+		t.wake()
 	}
 	t.mu.Unlock()
+}
+
+// abandon gives the slot's work up unfinished: the commit point stays at or below it, so the
+// partition's next owner redoes it, but drained no longer waits for it. Held delayed
+// notifications are abandoned when their partition is revoked rather than held until their
+// time.
+func (s *slot) abandon() {
+	t := s.t
+	t.mu.Lock()
+	if !s.done && !s.abandoned {
+		s.abandoned = true
+		t.pending--
+		t.wake()
+	}
+	t.mu.Unlock()
+}
+
+func (t *tracker) wake() {
+	if t.pending == 0 && t.idle != nil {
+		close(t.idle)
+		t.idle = nil
+	}
 }
 
 // commitPoint returns the offset to commit: every offset below it is finished.

@@ -80,3 +80,29 @@ func TestTrackerStartsAtAssignedOffset(t *testing.T) {
 		t.Fatalf("commit point with nothing fetched = %d, want 42", got)
 	}
 }
+
+// An abandoned slot (a held delayed record whose partition was revoked) no longer holds up
+// drained, but the commit point never passes it.
+func TestTrackerAbandonKeepsCommitPointButDrains(t *testing.T) {
+	tr := newTracker(-2)
+	a, b, c := tr.add(10), tr.add(11), tr.add(12)
+	a.finish()
+	b.abandon()
+	drained := tr.drained()
+	c.finish()
+	select {
+	case <-drained:
+	default:
+		t.Fatal("drained not closed after the last unfinished slot was abandoned")
+	}
+	if got := tr.commitPoint(); got != 11 {
+		t.Fatalf("commit point = %d, want 11 (the abandoned offset)", got)
+	}
+	if got := tr.inFlight(); got != 0 {
+		t.Fatalf("inFlight = %d, want 0", got)
+	}
+	b.finish() // late finish of an abandoned slot must not corrupt the count
+	if got := tr.inFlight(); got != 0 {
+		t.Fatalf("inFlight after a late finish = %d, want 0", got)
+	}
+}

@@ -35,6 +35,13 @@ type Options struct {
 	Listener net.Listener
 	// Started is called once everything is wired, with the address of the ops server ("" if off).
 	Started func(opsAddr string)
+	// Reload asks for the rules to be reloaded from cfg.Rules.Path (`wxnotify run` sends on it
+	// on SIGHUP). Rule files are also watched and reloaded on change. Neither applies when Rules
+	// is set.
+	Reload <-chan struct{}
+	// Now is the processor's clock (expire_after, quiet_hours, dedupe and throttle windows);
+	// nil = time.Now. For tests.
+	Now func() time.Time
 }
 
 // NewLogger builds the logger the config asks for.
@@ -62,7 +69,7 @@ func parseLevel(s string) (logrus.Level, error) {
 	return 0, fmt.Errorf("%q is not debug, info, warn or error", s)
 }
 
-// ruleHolder hands the processor the current rule set; a reload swaps it atomically.
+// ruleHolder hands the processor the current rule set; a reload (reload.go) swaps it atomically.
 type ruleHolder struct{ p atomic.Pointer[rules.Set] }
 
 func (h *ruleHolder) Current() *rules.Set { return h.p.Load() }
@@ -93,20 +100,18 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
 
+	holder := &ruleHolder{}
+	reloads := newReloader(cfg, holder, reg, log)
+	defer reloads.close()
 	set := opts.Rules
 	if set == nil {
+		reloads.watchRules()
 		var err error
 		if set, err = LoadRules(cfg); err != nil {
 			return err
 		}
 	}
-	holder := &ruleHolder{}
-	holder.p.Store(set)
-	ruleInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Name: "wxnotify_rules_info", Help: "The loaded rule set: version label, value = load time (unix seconds).",
-	}, []string{"version"})
-	reg.MustRegister(ruleInfo)
-	ruleInfo.WithLabelValues(set.Version).Set(float64(set.LoadedAt.Unix()))
+	reloads.install(set)
 	log.WithFields(logrus.Fields{"rules": len(set.Rules), "version": set.Version, "files": len(set.Files)}).Info("rules loaded")
 
 	client, err := wechat.New(wechatConfig(cfg), reg, log)
@@ -119,7 +124,9 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 	if err != nil {
 		return err
 	}
-	proc, err := processor.New(processorConfig(cfg), holder, client, writer, reg, log)
+	pcfg := processorConfig(cfg)
+	pcfg.Now = opts.Now
+	proc, err := processor.New(pcfg, holder, client, writer, reg, log)
 	if err != nil {
 		writer.Close()
 		return err
@@ -150,14 +157,24 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 	log.WithFields(logrus.Fields{
 		"brokers": cfg.Kafka.Brokers, "group_id": cfg.Kafka.GroupID, "events_topic": []string(cfg.Kafka.EventsTopic),
 		"outcomes_topic": cfg.Kafka.OutcomesTopic, "dead_letter_topic": cfg.Kafka.DeadLetterTopic,
-		"wechat": cfg.WeChat.BaseURL, "accounts": sortedKeys(cfg.WeChat.Accounts), "ops": opsAddr,
+		"delay_topic": cfg.Kafka.DelayTopic,
+		"wechat":      cfg.WeChat.BaseURL, "accounts": sortedKeys(cfg.WeChat.Accounts), "ops": opsAddr,
 		"max_in_flight": cfg.Processor.MaxInFlight, "dry_run": cfg.Processor.DryRun,
 	}).Info("wxnotify started")
 	if opts.Started != nil {
 		opts.Started(opsAddr)
 	}
 
+	reloadCtx, stopReloads := context.WithCancel(ctx)
+	reloadsDone := make(chan struct{})
+	go func() {
+		defer close(reloadsDone)
+		reloads.run(reloadCtx, opts.Reload)
+	}()
+
 	runErr := proc.Run(ctx)
+	stopReloads()
+	<-reloadsDone
 	if err := writer.Close(); err != nil {
 		log.WithError(err).Warn("closing the kafka writer")
 	}
@@ -223,6 +240,7 @@ func processorConfig(cfg *Config) processor.Config {
 		Topics:            cfg.Kafka.EventsTopic,
 		OutcomesTopic:     cfg.Kafka.OutcomesTopic,
 		DeadLetterTopic:   cfg.Kafka.DeadLetterTopic,
+		DelayTopic:        cfg.Kafka.DelayTopic,
 		MaxInFlight:       cfg.Processor.MaxInFlight,
 		CommitInterval:    cfg.Processor.CommitInterval,
 		DrainTimeout:      cfg.Processor.DrainTimeout,
@@ -231,6 +249,8 @@ func processorConfig(cfg *Config) processor.Config {
 		RebalanceTimeout:  cfg.Kafka.RebalanceTimeout,
 		StartOffset:       start,
 		DryRun:            cfg.Processor.DryRun,
+		MaxDelayed:        cfg.Processor.MaxDelayed,
+		ControlMaxKeys:    cfg.Processor.ControlMaxKeys,
 	}
 }
 

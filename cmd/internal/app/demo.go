@@ -80,6 +80,7 @@ func Demo(ctx context.Context, o DemoOptions) error {
 		kfake.SeedTopics(8, demoEventsTopic),
 		kfake.SeedTopics(8, "wxnotify.outcomes"),
 		kfake.SeedTopics(1, "wxnotify.dlq"),
+		kfake.SeedTopics(2, "wxnotify.delayed"),
 		kfake.GroupMinSessionTimeout(500 * time.Millisecond),
 	}
 	if o.KafkaPort != 0 {

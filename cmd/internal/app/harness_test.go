@@ -47,6 +47,7 @@ func newHarness(t *testing.T, simCfg wechatsim.Config, kopts ...kfake.Opt) *harn
 		kfake.NumBrokers(1),
 		kfake.SeedTopics(testPartitions, "events", "wxnotify.outcomes"),
 		kfake.SeedTopics(1, "wxnotify.dlq"),
+		kfake.SeedTopics(2, "wxnotify.delayed"),
 		kfake.GroupMinSessionTimeout(500 * time.Millisecond),
 	}, kopts...)...)
 	if err != nil {
@@ -103,6 +104,13 @@ type running struct {
 // start runs the processor in the background; stop it with stop (graceful, like SIGTERM).
 func (h *harness) start() *running {
 	h.t.Helper()
+	return h.startWith(Options{Rules: h.set})
+}
+
+// startWith is start with the caller's Options (Rules nil: read h.cfg.Rules.Path and watch it);
+// the harness sets the log, registry and ops listener.
+func (h *harness) startWith(opts Options) *running {
+	h.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{cancel: cancel, done: make(chan error, 1), reg: prometheus.NewRegistry()}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -110,7 +118,17 @@ func (h *harness) start() *running {
 		h.t.Fatal(err)
 	}
 	r.ops = ln.Addr().String()
-	go func() { r.done <- Run(ctx, h.cfg, Options{Log: h.log, Rules: h.set, Registry: r.reg, Listener: ln}) }()
+	opts.Log, opts.Registry, opts.Listener = h.log, r.reg, ln
+	started := make(chan struct{})
+	opts.Started = func(string) { close(started) }
+	go func() { r.done <- Run(ctx, h.cfg, opts) }()
+	select {
+	case <-started:
+	case err := <-r.done:
+		h.t.Fatalf("Run returned before starting: %v", err)
+	case <-time.After(20 * time.Second):
+		h.t.Fatal("Run did not start within 20s")
+	}
 	h.t.Cleanup(func() { h.stop(r) })
 	return r
 }
@@ -294,3 +312,12 @@ func (s *syncBuffer) String() string {
 }
 
 var update = os.Getenv("UPDATE_GOLDEN") != ""
+
+func newLocalListener(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
+}

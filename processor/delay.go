@@ -1,0 +1,223 @@
+package processor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"github.com/sirupsen/logrus"
+
+	"github.com/wxnotify/wxnotify/rules"
+	"github.com/wxnotify/wxnotify/sink"
+)
+
+// Delayed delivery (quiet_hours with action delay).
+//
+// A notification that falls in its rule's quiet hours is not held in memory: it is rendered as
+// usual and published, body and all, to the delay topic (Config.DelayTopic) with the time it may
+// go in a header. Its source event then finishes like any other once the broker acknowledges
+// that record, so the source offset is committed and a restart does not evaluate it again.
+//
+// The processor consumes the delay topic in the same consumer group. Each delayed record is
+// held until its not-before time (at most Config.MaxDelayed records per process; fetching a
+// delay partition pauses when the bound is reached), then sent through the same scheduler,
+// controls (dedupe, throttle) and outcome path as any notification, with its original event id,
+// rule, rule version, source coordinates and event time, so its outcome looks like an
+// undelayed one plus delayed_until. The delay partition's offset is committed only past records
+// whose outcome is acknowledged. On a restart or rebalance, held records are handed back
+// uncommitted and the partition's next owner re-reads and holds them again: nothing is lost, and
+// a record sent but not yet committed may be sent twice (as for any event).
+//
+// The record is the rendered notification, not the event: a rule changed or removed by a reload
+// while a notification is delayed does not change what is sent; its current dedupe and throttle
+// settings (looked up by rule name) apply when it goes. expire_after is not checked again: a rule
+// that delays chose to deliver late.
+
+const (
+	delayedSchema   = "wxnotify.delayed/v1"
+	headerNotBefore = "wxnotify.not_before"
+)
+
+// delayedRecord is the value of a delay topic record.
+type delayedRecord struct {
+	Schema         string          `json:"schema"`
+	NotBefore      time.Time       `json:"not_before"`
+	EventID        string          `json:"event_id"`
+	Rule           string          `json:"rule"`
+	RuleVersion    string          `json:"rule_version"`
+	Account        string          `json:"account"`
+	API            string          `json:"api"`
+	ToUser         string          `json:"touser"`
+	TemplateID     string          `json:"template_id"`
+	Body           json.RawMessage `json:"body"`
+	RetryOnTimeout bool            `json:"retry_on_timeout,omitempty"`
+	DryRun         bool            `json:"dry_run,omitempty"`
+	DedupeKey      string          `json:"dedupe_key,omitempty"`
+	ThrottleKey    string          `json:"throttle_key,omitempty"`
+	Source         Source          `json:"source"`
+	EventTime      time.Time       `json:"event_time"`
+	Reason         string          `json:"reason"`
+}
+
+// delay publishes note to the delay topic, to be sent at notBefore. Like an outcome, the
+// record's acknowledgement is what lets the source event finish.
+func (p *Processor) delay(ev *event, note *rules.Notification, notBefore time.Time) {
+	rec := delayedRecord{
+		Schema: delayedSchema, NotBefore: notBefore.UTC(),
+		EventID: ev.id, Rule: note.Rule.Name, RuleVersion: ev.version,
+		Account: note.Rule.Account, API: note.Rule.API, ToUser: note.ToUser, TemplateID: note.TemplateID,
+		Body: note.Body, RetryOnTimeout: note.Rule.RetryOnTimeout, DryRun: p.cfg.DryRun || note.Rule.DryRun,
+		DedupeKey: note.DedupeKey, ThrottleKey: note.ThrottleKey,
+		Source:    Source{Topic: ev.pt.topic, Partition: ev.pt.id, Offset: ev.msg.Offset},
+		EventTime: ev.time, Reason: "quiet_hours: " + formatQuiet(note.Rule.QuietHours),
+	}
+	value, err := json.Marshal(&rec)
+	if err != nil { // cannot happen for this struct; keep the event unfinished rather than lose it
+		p.log.WithError(err).WithField("event_id", ev.id).Error("encoding delayed notification")
+		return
+	}
+	p.metrics.delayed.WithLabelValues(note.Rule.Name, note.Rule.API).Inc()
+	p.pub.Publish(sink.Record{Topic: p.cfg.DelayTopic, Key: ev.msg.Key, Value: value, Headers: []kafka.Header{
+		{Key: headerNotBefore, Value: []byte(rec.NotBefore.Format(time.RFC3339Nano))},
+		{Key: "wxnotify.event_id", Value: []byte(ev.id)},
+		{Key: "wxnotify.rule", Value: []byte(rec.Rule)},
+	}}, ev.acked)
+}
+
+// decodeDelayed reads a delay topic record; the not-before header wins over the body's.
+func decodeDelayed(msg kafka.Message) (*delayedRecord, error) {
+	var rec delayedRecord
+	if err := json.Unmarshal(msg.Value, &rec); err != nil {
+		return nil, fmt.Errorf("delayed record: %w", err)
+	}
+	if rec.Schema != delayedSchema {
+		return nil, fmt.Errorf("delayed record: schema %q, want %q", rec.Schema, delayedSchema)
+	}
+	for _, h := range msg.Headers {
+		if h.Key == headerNotBefore {
+			t, err := time.Parse(time.RFC3339Nano, string(h.Value))
+			if err != nil {
+				return nil, fmt.Errorf("delayed record: header %s: %w", headerNotBefore, err)
+			}
+			rec.NotBefore = t
+		}
+	}
+	if rec.Rule == "" || rec.Account == "" || rec.API == "" || len(rec.Body) == 0 {
+		return nil, errors.New("delayed record: rule, account, api and body are required")
+	}
+	return &rec, nil
+}
+
+// fetchDelayed reads one delay topic partition until gctx ends, holding each record until its
+// time. It draws on its own budget (MaxDelayed), not the events' in-flight budget, so a night
+// of delayed notifications does not stall the events topics.
+func (p *Processor) fetchDelayed(gctx context.Context, pt *partition, holds *sync.WaitGroup) {
+	r := p.newReader(pt)
+	defer r.Close()
+	if err := r.SetOffset(pt.tracker.commitPoint()); err != nil {
+		p.log.WithError(err).WithFields(logrus.Fields{"topic": pt.topic, "partition": pt.id}).Error("cannot position the partition reader")
+		return
+	}
+	for {
+		select {
+		case p.delayBudget <- struct{}{}:
+		case <-gctx.Done():
+			return
+		}
+		msg, err := r.FetchMessage(gctx)
+		if err != nil {
+			<-p.delayBudget
+			if gctx.Err() != nil {
+				return
+			}
+			p.warn.WithError(err).WithFields(logrus.Fields{"topic": pt.topic, "partition": pt.id}).Warn("fetch failed; retrying")
+			time.Sleep(200 * time.Millisecond)
+			continue
+		}
+		p.metrics.delayedHeld.Inc()
+		p.holdDelayed(gctx, pt, msg, holds)
+	}
+}
+
+// holdDelayed registers one delayed record and sends it at its time, or hands it back
+// unfinished if the partition is revoked first.
+func (p *Processor) holdDelayed(gctx context.Context, pt *partition, msg kafka.Message, holds *sync.WaitGroup) {
+	pt.hwm.Store(msg.HighWaterMark)
+	p.metrics.consumed.WithLabelValues(pt.topic).Inc()
+	ev := &event{p: p, pt: pt, msg: msg, slot: pt.tracker.add(msg.Offset), start: p.cfg.Now()}
+	rec, err := decodeDelayed(msg)
+	if err != nil {
+		ev.id = pt.topic + "/" + strconv.Itoa(pt.id) + "/" + strconv.FormatInt(msg.Offset, 10)
+		ev.delayed = &delayedRecord{}
+		p.deadLetter(ev, "undecodable", err)
+		return
+	}
+	ev.delayed, ev.id, ev.time, ev.version = rec, rec.EventID, rec.EventTime, rec.RuleVersion
+	wait := rec.NotBefore.Sub(p.cfg.Now())
+	if wait <= 0 {
+		p.releaseDelayed(ev)
+		return
+	}
+	holds.Add(1)
+	go func() {
+		defer holds.Done()
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			p.releaseDelayed(ev)
+		case <-gctx.Done():
+			ev.slot.abandon()
+			ev.release()
+		}
+	}()
+}
+
+// releaseDelayed sends a delayed notification whose time has come.
+func (p *Processor) releaseDelayed(ev *event) {
+	rec := ev.delayed
+	ev.start = p.cfg.Now()
+	// The notification as rendered when it was delayed, under its rule's current dedupe and
+	// throttle settings; quiet hours and expiry are not applied again.
+	rule := &rules.Rule{Name: rec.Rule, Account: rec.Account, API: rec.API, RetryOnTimeout: rec.RetryOnTimeout}
+	if cur := p.rules.Current(); cur != nil {
+		for _, r := range cur.Rules {
+			if r.Name == rec.Rule {
+				rule.Dedupe, rule.Throttle = r.Dedupe, r.Throttle
+				break
+			}
+		}
+	}
+	note := &rules.Notification{Rule: rule, Body: rec.Body, ToUser: rec.ToUser, TemplateID: rec.TemplateID,
+		DedupeKey: rec.DedupeKey, ThrottleKey: rec.ThrottleKey}
+	if rule.Dedupe != nil && note.DedupeKey == "" {
+		rule.Dedupe = nil // delayed before the rule had dedupe: there is no key to apply it with
+	}
+	if rule.Throttle != nil && note.ThrottleKey == "" {
+		note.ThrottleKey = note.ToUser // delayed before the rule had throttle: its default key
+	}
+	ev.pending.Store(1)
+	p.dispatch(ev, note, "", rec.DryRun || p.cfg.DryRun)
+}
+
+// newReader builds the partition reader of one assigned partition.
+func (p *Processor) newReader(pt *partition) *kafka.Reader {
+	return kafka.NewReader(kafka.ReaderConfig{
+		Brokers:        p.cfg.Brokers,
+		Topic:          pt.topic,
+		Partition:      pt.id,
+		Dialer:         p.cfg.Dialer,
+		MinBytes:       1,
+		MaxBytes:       4 << 20,
+		MaxWait:        250 * time.Millisecond,
+		QueueCapacity:  256,
+		ReadBackoffMin: 100 * time.Millisecond,
+		ReadBackoffMax: 2 * time.Second,
+		ErrorLogger:    kafka.LoggerFunc(func(f string, a ...any) { p.warn.Warnf("kafka reader: "+f, a...) }),
+	})
+}
