@@ -321,3 +321,41 @@ func newLocalListener(t *testing.T) net.Listener {
 	}
 	return ln
 }
+
+// readUpTo reads every partition of topic from the start up to (not including) ends[partition].
+func (h *harness) readUpTo(topic string, ends map[int]int64) []kafka.Message {
+	h.t.Helper()
+	var (
+		mu  sync.Mutex
+		out []kafka.Message
+		wg  sync.WaitGroup
+	)
+	for p, end := range ends {
+		if end <= 0 {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{h.broker}, Topic: topic, Partition: p, MaxWait: 50 * time.Millisecond})
+			defer r.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			for {
+				m, err := r.ReadMessage(ctx)
+				if err != nil {
+					h.t.Errorf("reading %s/%d: %v", topic, p, err)
+					return
+				}
+				mu.Lock()
+				out = append(out, m)
+				mu.Unlock()
+				if m.Offset >= end-1 {
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return out
+}

@@ -1,0 +1,173 @@
+package app
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/wxnotify/wxnotify/sink/wechatsim"
+)
+
+// userWatch sits in front of the simulator and watches every send: the events each user receives,
+// in arrival order, and whether two sends to one user were ever in flight together.
+type userWatch struct {
+	next       http.Handler
+	hold       time.Duration
+	mu         sync.Mutex
+	inFlight   map[string]int
+	overlaps   int
+	orderPerTo map[string][]string // touser -> order ids (page query), arrival order
+	sends      int
+}
+
+func (u *userWatch) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !strings.HasPrefix(r.URL.Path, "/cgi-bin/message/") {
+		u.next.ServeHTTP(w, r)
+		return
+	}
+	body, _ := io.ReadAll(r.Body)
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	var b struct {
+		ToUser string `json:"touser"`
+		Page   string `json:"page"`
+	}
+	_ = json.Unmarshal(body, &b)
+	u.mu.Lock()
+	u.sends++
+	u.inFlight[b.ToUser]++
+	if u.inFlight[b.ToUser] > 1 {
+		u.overlaps++
+	}
+	if r.URL.Path == "/cgi-bin/message/wxopen/template/send" { // one per event: the order to check
+		u.orderPerTo[b.ToUser] = append(u.orderPerTo[b.ToUser], strings.TrimPrefix(b.Page, "pages/order/detail?id="))
+	}
+	u.mu.Unlock()
+	time.Sleep(u.hold) // widen the window in which a second send to the same user would overlap
+	u.next.ServeHTTP(w, r)
+	u.mu.Lock()
+	u.inFlight[b.ToUser]--
+	u.mu.Unlock()
+}
+
+// Under load, through the real pipeline: events with one Kafka key reach WeChat in offset order,
+// and two sends to one user are never in flight together.
+func TestOrderingAndExclusionUnderLoad(t *testing.T) {
+	h := newHarness(t, wechatsim.Config{})
+	watch := &userWatch{next: h.sim, hold: time.Millisecond, inFlight: map[string]int{}, orderPerTo: map[string][]string{}}
+	front := httptest.NewServer(watch)
+	defer front.Close()
+	h.cfg.WeChat.BaseURL = front.URL
+	h.cfg.Processor.MaxInFlight = 256
+
+	const events, users = 1500, 40
+	var msgs []kafka.Message
+	want := map[string][]string{}
+	for i := 0; i < events; i++ {
+		user := fmt.Sprintf("user%02d", i%users)
+		m := event(fmt.Sprintf("e-%05d", i), "order.paid", user) // key = user
+		msgs = append(msgs, m)
+		want[user] = append(want[user], fmt.Sprintf("9%05d", i))
+	}
+	h.start()
+
+	h.produce("events", msgs...)
+	h.outcomes(2*events, 60*time.Second)
+	waitFor(t, 20*time.Second, "all offsets committed", func() bool { return sum(h.committed()) == events })
+	watch.mu.Lock()
+	defer watch.mu.Unlock()
+	if watch.overlaps != 0 {
+		t.Errorf("%d sends overlapped another send to the same user", watch.overlaps)
+	}
+	if watch.sends != 2*events {
+		t.Errorf("%d sends, want %d", watch.sends, 2*events)
+	}
+	for user, ids := range want {
+		if got := watch.orderPerTo[user]; fmt.Sprint(got) != fmt.Sprint(ids) {
+			t.Errorf("%s received %v, want offset order %v", user, watch.orderPerTo[user], ids)
+		}
+	}
+	if n := h.sim.Calls("", 43108); n != 0 {
+		t.Errorf("simulator answered 43108 (concurrent sends to one user) %d times", n)
+	}
+}
+
+// Under load, through the real pipeline, a committed offset never passes an event whose outcomes
+// are not yet on the outcome topic.
+func TestCommitsNeverPassUnfinishedWorkUnderLoad(t *testing.T) {
+	h := newHarness(t, wechatsim.Config{})
+	const events = 300
+	var msgs []kafka.Message
+	for i := 0; i < events; i++ {
+		msgs = append(msgs, event(fmt.Sprintf("e-%05d", i), "order.paid", fmt.Sprintf("user%02d", i%40)))
+	}
+	h.start()
+	// Outcome writes take 50 ms at the broker, so a commit that ran ahead of its outcomes would
+	// stay visible for that long. Every poll takes the committed offsets, then the outcome topic's
+	// end offsets, and checks that each committed event's outcomes are below those ends.
+	h.cluster.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		h.cluster.KeepControl()
+		for _, tp := range req.(*kmsg.ProduceRequest).Topics {
+			if tp.Topic == h.cfg.Kafka.OutcomesTopic {
+				h.cluster.SleepControl(func() { time.Sleep(50 * time.Millisecond) })
+				break
+			}
+		}
+		return nil, nil, false
+	})
+	stop := make(chan struct{})
+	violations := make(chan string, 10)
+	var polls sync.WaitGroup
+	polls.Add(1)
+	go func() {
+		defer polls.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			committed := h.committed()
+			have := map[[2]int64]int{}
+			for _, m := range h.readUpTo(h.cfg.Kafka.OutcomesTopic, h.endOffsets(h.cfg.Kafka.OutcomesTopic)) {
+				var o struct {
+					Source struct {
+						Partition int   `json:"partition"`
+						Offset    int64 `json:"offset"`
+					} `json:"source"`
+				}
+				_ = json.Unmarshal(m.Value, &o)
+				have[[2]int64{int64(o.Source.Partition), o.Source.Offset}]++
+			}
+			for p, c := range committed {
+				for off := int64(0); off < c; off++ {
+					if n := have[[2]int64{int64(p), off}]; n < 2 {
+						select {
+						case violations <- fmt.Sprintf("partition %d committed %d but offset %d has %d of its 2 outcomes", p, c, off, n):
+						default:
+						}
+						return
+					}
+				}
+			}
+		}
+	}()
+	h.produce("events", msgs...)
+	h.outcomes(2*events, 60*time.Second)
+	waitFor(t, 20*time.Second, "all offsets committed", func() bool { return sum(h.committed()) == events })
+	close(stop)
+	polls.Wait()
+	close(violations)
+	for v := range violations {
+		t.Error(v)
+	}
+}
