@@ -303,11 +303,15 @@ func (c *Client) CheckTokens(ctx context.Context, accounts []string) error {
 	return errors.Join(errs...)
 }
 
-// Ready reports whether every configured account has obtained a token at least once (accounts
-// with token source none always have).
-func (c *Client) Ready() bool {
-	for _, a := range c.accounts {
-		if !a.ready.Load() {
+// Ready reports whether each of accounts (default: every configured account) has obtained a
+// token at least once (accounts with token source none always have). An unknown name is not
+// ready.
+func (c *Client) Ready(accounts ...string) bool {
+	if len(accounts) == 0 {
+		accounts = c.names
+	}
+	for _, name := range accounts {
+		if a := c.accounts[name]; a == nil || !a.ready.Load() {
 			return false
 		}
 	}

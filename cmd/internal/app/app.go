@@ -132,14 +132,14 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 		return err
 	}
 
-	accounts := set.Accounts()
 	tokensErr := atomic.Pointer[string]{}
-	go obtainTokens(ctx, client, accounts, &tokensErr, log)
+	go obtainTokens(ctx, client, holder, &tokensErr, log)
 
 	ops, opsAddr, err := serveOps(cfg, opts.Listener, reg, func() readiness {
-		r := readiness{GroupJoined: proc.Joined(), RulesVersion: set.Version, RulesLoadedAt: set.LoadedAt.UTC().Format(time.RFC3339), TokensReady: client.Ready()}
+		r := readiness{GroupJoined: proc.Joined(), RulesVersion: set.Version, RulesLoadedAt: set.LoadedAt.UTC().Format(time.RFC3339), }
 		if cur := holder.Current(); cur != nil {
 			r.RulesVersion, r.RulesLoadedAt = cur.Version, cur.LoadedAt.UTC().Format(time.RFC3339)
+			r.TokensReady = client.Ready(cur.Accounts()...)
 		}
 		if e := tokensErr.Load(); e != nil && !r.TokensReady {
 			r.Problems = append(r.Problems, *e)
@@ -187,25 +187,32 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 	return runErr
 }
 
-// obtainTokens gets a token for every account the rules use, so a misconfigured account shows
-// on /readyz and in the log at startup rather than on the first event. It retries until it
-// succeeds or ctx ends.
-func obtainTokens(ctx context.Context, c *wechat.Client, accounts []string, lastErr *atomic.Pointer[string], log logrus.FieldLogger) {
-	for delay := time.Second; ; delay = min(delay*2, time.Minute) {
-		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err := c.CheckTokens(cctx, accounts)
-		cancel()
-		if err == nil {
-			lastErr.Store(nil)
-			return
+// obtainTokens keeps a token fetched for every account the current rules use, so a
+// misconfigured account shows on /readyz and in the log at startup (and after a reload that
+// brings in a new account) rather than on the first event. It retries failures with backoff
+// until ctx ends.
+func obtainTokens(ctx context.Context, c *wechat.Client, rules *ruleHolder, lastErr *atomic.Pointer[string], log logrus.FieldLogger) {
+	delay := time.Second
+	for {
+		wait := 5 * time.Second // re-check for accounts a reload brought in
+		if accounts := rules.Current().Accounts(); !c.Ready(accounts...) {
+			cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			err := c.CheckTokens(cctx, accounts)
+			cancel()
+			if err == nil {
+				lastErr.Store(nil)
+				delay = time.Second
+			} else {
+				msg := err.Error()
+				lastErr.Store(&msg)
+				log.WithError(err).Error("cannot obtain a WeChat access token; notifications for the account will fail until it can")
+				wait, delay = delay, min(delay*2, time.Minute)
+			}
 		}
-		msg := err.Error()
-		lastErr.Store(&msg)
-		log.WithError(err).Error("cannot obtain a WeChat access token; notifications for the account will fail until it can")
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(delay):
+		case <-time.After(wait):
 		}
 	}
 }

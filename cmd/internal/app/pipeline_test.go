@@ -331,3 +331,22 @@ func TestOverlongThingRejectedWithoutHTTPCall(t *testing.T) {
 		}
 	}
 }
+
+// Readiness asks for tokens only for the accounts the rules use: a configured account no rule
+// uses (here with credentials WeChat would refuse) does not hold /readyz at 503.
+func TestReadyIgnoresAccountsNoRuleUses(t *testing.T) {
+	h := newHarness(t, wechatsim.Config{})
+	h.cfg.WeChat.Accounts["spare"] = AccountConfig{AppID: "wxunknown", Secret: "nope", TokenSource: "stable"}
+	r := h.start()
+	waitFor(t, 20*time.Second, "readyz 200", func() bool {
+		resp, err := http.Get("http://" + r.ops + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	if n := h.sim.TokenFetches("wxunknown"); n != 0 {
+		t.Errorf("fetched a token %d times for an account no rule uses", n)
+	}
+}
