@@ -421,8 +421,8 @@ func TestKeywordValueRules(t *testing.T) {
 	long := "广州市海珠区新港中路397号TIT创意园二期" // 22 runes, 46 bytes
 	for _, tc := range []struct {
 		name, api, kw, value string
-		truncate              bool
-		want, err             string
+		truncate             bool
+		want, err            string
 	}{
 		{"thing within 20 runes", "subscribeMessage.send", "thing3", "广州市海珠区新港中路397号", false, "广州市海珠区新港中路397号", ""},
 		{"thing over 20 runes rejected", "subscribeMessage.send", "thing3", long, false, "", `(22 characters) is not a valid thing value: at most 20 characters`},

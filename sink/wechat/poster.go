@@ -26,12 +26,12 @@ import (
 // (status line, headers, Content-Length or chunked body). Token fetches, and every call when an
 // HTTP proxy is configured in the environment, still go through net/http.
 type poster struct {
-	addr      string      // host:port to dial
-	host      string      // Host header
-	prefix    string      // "scheme://host": post only takes URLs that start with it
-	tls       *tls.Config // nil for plain HTTP
-	timeout   time.Duration
-	dialer    net.Dialer
+	addr    string      // host:port to dial
+	host    string      // Host header
+	prefix  string      // "scheme://host": post only takes URLs that start with it
+	tls     *tls.Config // nil for plain HTTP
+	timeout time.Duration
+	dialer  net.Dialer
 
 	idle  chan *pconn   // idle connections, most recently used last
 	slots chan struct{} // one token per open connection: at most MaxConns
@@ -62,13 +62,13 @@ func newPoster(baseURL string, maxConns int, timeout time.Duration, proxy func(*
 		return nil
 	}
 	p := &poster{
-		host:      u.Host,
-		addr:      u.Host,
-		prefix:    u.Scheme + "://" + u.Host,
-		timeout:   timeout,
-		dialer:    net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second},
-		idle:      make(chan *pconn, maxConns),
-		slots:     make(chan struct{}, maxConns),
+		host:    u.Host,
+		addr:    u.Host,
+		prefix:  u.Scheme + "://" + u.Host,
+		timeout: timeout,
+		dialer:  net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second},
+		idle:    make(chan *pconn, maxConns),
+		slots:   make(chan struct{}, maxConns),
 	}
 	if u.Port() == "" {
 		port := "80"

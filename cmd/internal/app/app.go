@@ -136,7 +136,7 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 	go obtainTokens(ctx, client, holder, &tokensErr, log)
 
 	ops, opsAddr, err := serveOps(cfg, opts.Listener, reg, func() readiness {
-		r := readiness{GroupJoined: proc.Joined(), RulesVersion: set.Version, RulesLoadedAt: set.LoadedAt.UTC().Format(time.RFC3339), }
+		r := readiness{GroupJoined: proc.Joined(), RulesVersion: set.Version, RulesLoadedAt: set.LoadedAt.UTC().Format(time.RFC3339)}
 		if cur := holder.Current(); cur != nil {
 			r.RulesVersion, r.RulesLoadedAt = cur.Version, cur.LoadedAt.UTC().Format(time.RFC3339)
 			r.TokensReady = client.Ready(cur.Accounts()...)
