@@ -12,7 +12,6 @@ import (
 	"net"
 	"strings"
 	"sync"
-	"text/tabwriter"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -143,9 +142,9 @@ func Demo(ctx context.Context, o DemoOptions) error {
 	}
 	fmt.Fprintf(o.Out, "wrote %d sample events to %q; waiting for %d outcomes\n\n", len(samples), demoEventsTopic, expected)
 
-	tw := tabwriter.NewWriter(o.Out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "EVENT\tRULE\tAPI\tSTATUS\tERRCODE\tLATENCY\tDETAIL")
-	tw.Flush()
+	// Fixed widths, not a tabwriter: each line is printed the moment its outcome lands.
+	const row = "%-10s  %-22s  %-22s  %-8s  %7v  %8s  %s\n"
+	fmt.Fprintf(o.Out, row, "EVENT", "RULE", "API", "STATUS", "ERRCODE", "LATENCY", "DETAIL")
 	got := map[string]int{}
 	byAPI := map[string]map[string]int{}
 	seen := 0
@@ -164,8 +163,7 @@ wait:
 			if oc.MsgID != 0 {
 				detail = fmt.Sprintf("msgid=%d", oc.MsgID)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%.1fms\t%s\n", oc.EventID, oc.Rule, oc.API, oc.Status, oc.ErrCode, oc.LatencyMS, truncateRunes(detail, 70))
-			tw.Flush()
+			fmt.Fprintf(o.Out, row, oc.EventID, oc.Rule, oc.API, oc.Status, oc.ErrCode, fmt.Sprintf("%.1fms", oc.LatencyMS), truncateRunes(detail, 70))
 		case err := <-runErr:
 			return fmt.Errorf("processor stopped early: %w", err)
 		case <-timeout:
