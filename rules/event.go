@@ -8,7 +8,10 @@ import (
 	"io"
 	"math"
 	"strconv"
+	"sync/atomic"
 	"time"
+	"unicode/utf16"
+	"unicode/utf8"
 )
 
 // Event is one decoded business event, the `event` of rule expressions.
@@ -23,7 +26,23 @@ type Event struct {
 
 // DecodeEvent decodes a JSON object into an Event. Anything else (an array, a scalar, trailing
 // data) is an error.
+//
+// It runs once per consumed record, so well-formed objects take a hand-written single pass
+// (decodeFast) that builds the same values as encoding/json with UseNumber plus the number
+// conversion. Anything that pass does not handle itself (a syntax error, invalid UTF-8 or a lone
+// surrogate that encoding/json coerces to U+FFFD, deep nesting) goes through encoding/json, so
+// errors and edge cases are exactly encoding/json's. FuzzDecodeEvent holds the two to the same
+// result.
 func DecodeEvent(data []byte) (Event, error) {
+	if m, ok := decodeFast(data); ok {
+		return Event{m: m}, nil
+	}
+	return decodeStd(data)
+}
+
+// decodeStd is DecodeEvent by encoding/json: the reference, and the path for anything
+// decodeFast declines.
+func decodeStd(data []byte) (Event, error) {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
 	var m map[string]any
@@ -103,6 +122,384 @@ func convertNumber(v any) (any, bool) {
 		}
 	}
 	return n, false // a big integer: keep every digit
+}
+
+// fastMaxDepth is the nesting decodeFast handles itself; deeper documents go to encoding/json,
+// which allows 10000.
+const fastMaxDepth = 512
+
+// decodeFast decodes data, a JSON object with nothing but whitespace after it, into the values
+// DecodeEvent promises. ok is false when it cannot, for whatever reason: then the caller asks
+// encoding/json, which either decodes it (the cases left to it are rare: invalid UTF-8, lone
+// surrogates, deep nesting) or reports the error. It never accepts what encoding/json rejects.
+func decodeFast(data []byte) (m map[string]any, ok bool) {
+	d := fastDecoder{data: data}
+	d.skipSpace()
+	if d.i >= len(d.data) || d.data[d.i] != '{' {
+		return nil, false
+	}
+	m, ok = d.object()
+	if !ok {
+		return nil, false
+	}
+	d.skipSpace()
+	return m, d.i == len(d.data)
+}
+
+type fastDecoder struct {
+	data  []byte
+	i     int
+	depth int
+}
+
+func (d *fastDecoder) skipSpace() {
+	for d.i < len(d.data) {
+		switch d.data[d.i] {
+		case ' ', '\t', '\n', '\r':
+			d.i++
+		default:
+			return
+		}
+	}
+}
+
+func (d *fastDecoder) value() (any, bool) {
+	if d.i >= len(d.data) {
+		return nil, false
+	}
+	switch c := d.data[d.i]; {
+	case c == '"':
+		s, ok := d.string()
+		return s, ok
+	case c == '{':
+		m, ok := d.object()
+		return m, ok
+	case c == '[':
+		return d.array()
+	case c == '-' || '0' <= c && c <= '9':
+		return d.number()
+	case c == 't':
+		return true, d.literal("true")
+	case c == 'f':
+		return false, d.literal("false")
+	case c == 'n':
+		return nil, d.literal("null")
+	}
+	return nil, false
+}
+
+func (d *fastDecoder) literal(lit string) bool {
+	if len(d.data)-d.i < len(lit) || string(d.data[d.i:d.i+len(lit)]) != lit {
+		return false
+	}
+	d.i += len(lit)
+	return true
+}
+
+// object decodes the object at d.i (its '{').
+func (d *fastDecoder) object() (map[string]any, bool) {
+	if d.depth++; d.depth > fastMaxDepth {
+		return nil, false
+	}
+	d.i++
+	m := make(map[string]any)
+	d.skipSpace()
+	if d.i < len(d.data) && d.data[d.i] == '}' {
+		d.i++
+		d.depth--
+		return m, true
+	}
+	for {
+		if d.i >= len(d.data) || d.data[d.i] != '"' {
+			return nil, false
+		}
+		k, ok := d.key()
+		if !ok {
+			return nil, false
+		}
+		d.skipSpace()
+		if d.i >= len(d.data) || d.data[d.i] != ':' {
+			return nil, false
+		}
+		d.i++
+		d.skipSpace()
+		v, ok := d.value()
+		if !ok {
+			return nil, false
+		}
+		m[k] = v // a repeated key: the last wins, as in encoding/json
+		d.skipSpace()
+		if d.i >= len(d.data) {
+			return nil, false
+		}
+		switch d.data[d.i] {
+		case ',':
+			d.i++
+			d.skipSpace()
+		case '}':
+			d.i++
+			d.depth--
+			return m, true
+		default:
+			return nil, false
+		}
+	}
+}
+
+// array decodes the array at d.i (its '[').
+func (d *fastDecoder) array() (any, bool) {
+	if d.depth++; d.depth > fastMaxDepth {
+		return nil, false
+	}
+	d.i++
+	a := []any{} // encoding/json makes [] an empty, non-nil slice
+	d.skipSpace()
+	if d.i < len(d.data) && d.data[d.i] == ']' {
+		d.i++
+		d.depth--
+		return a, true
+	}
+	for {
+		v, ok := d.value()
+		if !ok {
+			return nil, false
+		}
+		a = append(a, v)
+		d.skipSpace()
+		if d.i >= len(d.data) {
+			return nil, false
+		}
+		switch d.data[d.i] {
+		case ',':
+			d.i++
+			d.skipSpace()
+		case ']':
+			d.i++
+			d.depth--
+			return a, true
+		default:
+			return nil, false
+		}
+	}
+}
+
+// string decodes the string at d.i (its '"'). It declines invalid UTF-8 and surrogates that do
+// not pair, which encoding/json replaces with U+FFFD.
+func (d *fastDecoder) string() (string, bool) {
+	start := d.i + 1
+	i := start
+	ascii := true
+	for ; i < len(d.data); i++ {
+		c := d.data[i]
+		if c == '"' || c == '\\' || c < ' ' {
+			break
+		}
+		if c >= utf8.RuneSelf {
+			ascii = false
+		}
+	}
+	if i >= len(d.data) || d.data[i] < ' ' {
+		return "", false
+	}
+	if d.data[i] == '"' {
+		raw := d.data[start:i]
+		if !ascii && !utf8.Valid(raw) {
+			return "", false
+		}
+		d.i = i + 1
+		return string(raw), true
+	}
+	// Escapes: copy what came before and unescape the rest.
+	b := make([]byte, i-start, i-start+16)
+	copy(b, d.data[start:i])
+	for i < len(d.data) {
+		c := d.data[i]
+		switch {
+		case c == '"':
+			if !ascii && !utf8.Valid(b) {
+				return "", false
+			}
+			d.i = i + 1
+			return string(b), true
+		case c < ' ':
+			return "", false
+		case c != '\\':
+			if c >= utf8.RuneSelf {
+				ascii = false
+			}
+			b = append(b, c)
+			i++
+			continue
+		}
+		if i+1 >= len(d.data) {
+			return "", false
+		}
+		switch d.data[i+1] {
+		case '"', '\\', '/':
+			b = append(b, d.data[i+1])
+		case 'b':
+			b = append(b, '\b')
+		case 'f':
+			b = append(b, '\f')
+		case 'n':
+			b = append(b, '\n')
+		case 'r':
+			b = append(b, '\r')
+		case 't':
+			b = append(b, '\t')
+		case 'u':
+			r := hex4(d.data[i+2:])
+			if r < 0 {
+				return "", false
+			}
+			if utf16.IsSurrogate(r) {
+				r2 := rune(-1)
+				if i+7 < len(d.data) && d.data[i+6] == '\\' && d.data[i+7] == 'u' {
+					r2 = hex4(d.data[i+8:])
+				}
+				if r = utf16.DecodeRune(r, r2); r == utf8.RuneError {
+					return "", false
+				}
+				i += 6
+			}
+			b = utf8.AppendRune(b, r)
+			i += 6
+			continue
+		default:
+			return "", false
+		}
+		i += 2
+	}
+	return "", false
+}
+
+// key decodes the object key at d.i (its '"'). Events of a topic repeat the same few keys, so
+// plain short keys come from a small process-wide table instead of a new string each.
+func (d *fastDecoder) key() (string, bool) {
+	start := d.i + 1
+	var h uint32 = 2166136261
+	for i := start; i < len(d.data) && i-start <= maxInternedKey; i++ {
+		c := d.data[i]
+		if c == '"' {
+			raw := d.data[start:i]
+			e := &internedKeys[h%uint32(len(internedKeys))]
+			if p := e.Load(); p != nil && *p == string(raw) {
+				d.i = i + 1
+				return *p, true
+			}
+			s := string(raw)
+			e.Store(&s)
+			d.i = i + 1
+			return s, true
+		}
+		if c == '\\' || c < ' ' || c >= utf8.RuneSelf {
+			break
+		}
+		h = (h ^ uint32(c)) * 16777619 // FNV-1a
+	}
+	return d.string()
+}
+
+// internedKeys holds recently seen object keys of at most maxInternedKey ASCII bytes without
+// escapes, by hash; a collision replaces the entry.
+var internedKeys [512]atomic.Pointer[string]
+
+const maxInternedKey = 32
+
+// hex4 reads the 4 hex digits of a \u escape, or returns -1.
+func hex4(s []byte) rune {
+	if len(s) < 4 {
+		return -1
+	}
+	var r rune
+	for _, c := range s[:4] {
+		switch {
+		case '0' <= c && c <= '9':
+			c -= '0'
+		case 'a' <= c && c <= 'f':
+			c -= 'a' - 10
+		case 'A' <= c && c <= 'F':
+			c -= 'A' - 10
+		default:
+			return -1
+		}
+		r = r*16 + rune(c)
+	}
+	return r
+}
+
+// number decodes the number at d.i with convertNumber's result: int, float64, or json.Number for
+// an integer beyond int64 (or a fraction beyond float64).
+func (d *fastDecoder) number() (any, bool) {
+	start := d.i
+	i := start
+	neg := false
+	if d.data[i] == '-' {
+		neg = true
+		i++
+	}
+	digits := i
+	if i >= len(d.data) {
+		return nil, false
+	}
+	switch c := d.data[i]; {
+	case c == '0':
+		i++
+	case '1' <= c && c <= '9':
+		for i < len(d.data) && '0' <= d.data[i] && d.data[i] <= '9' {
+			i++
+		}
+	default:
+		return nil, false
+	}
+	intEnd := i
+	isFloat := false
+	if i < len(d.data) && d.data[i] == '.' {
+		isFloat = true
+		i++
+		if i >= len(d.data) || d.data[i] < '0' || d.data[i] > '9' {
+			return nil, false
+		}
+		for i < len(d.data) && '0' <= d.data[i] && d.data[i] <= '9' {
+			i++
+		}
+	}
+	if i < len(d.data) && (d.data[i] == 'e' || d.data[i] == 'E') {
+		isFloat = true
+		i++
+		if i < len(d.data) && (d.data[i] == '+' || d.data[i] == '-') {
+			i++
+		}
+		if i >= len(d.data) || d.data[i] < '0' || d.data[i] > '9' {
+			return nil, false
+		}
+		for i < len(d.data) && '0' <= d.data[i] && d.data[i] <= '9' {
+			i++
+		}
+	}
+	d.i = i
+	if !isFloat {
+		if n := intEnd - digits; n <= 18 { // cannot overflow int64
+			var u int64
+			for _, c := range d.data[digits:intEnd] {
+				u = u*10 + int64(c-'0')
+			}
+			if neg {
+				u = -u
+			}
+			return int(u), true
+		}
+		s := string(d.data[start:i])
+		if n, err := strconv.ParseInt(s, 10, 64); err == nil {
+			return int(n), true
+		}
+		return json.Number(s), true // a big integer: keep every digit
+	}
+	s := string(d.data[start:i])
+	if f, err := strconv.ParseFloat(s, 64); err == nil && !math.IsInf(f, 0) {
+		return f, true
+	}
+	return json.Number(s), true
 }
 
 // Meta is where an event came from in Kafka, the `kafka` of rule expressions.
