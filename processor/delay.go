@@ -148,7 +148,7 @@ func (p *Processor) fetchDelayed(gctx context.Context, pt *partition, holds *syn
 // unfinished if the partition is revoked first.
 func (p *Processor) holdDelayed(gctx context.Context, pt *partition, msg kafka.Message, holds *sync.WaitGroup) {
 	pt.hwm.Store(msg.HighWaterMark)
-	p.metrics.consumed.WithLabelValues(pt.topic).Inc()
+	pt.countConsumed(p.metrics)
 	ev := &event{p: p, pt: pt, msg: msg, slot: pt.tracker.add(msg.Offset), start: p.cfg.Now()}
 	rec, err := decodeDelayed(msg)
 	if err != nil {
@@ -207,13 +207,18 @@ func (p *Processor) releaseDelayed(ev *event) {
 
 // newReader builds the partition reader of one assigned partition.
 func (p *Processor) newReader(pt *partition) *kafka.Reader {
+	// MinBytes 1 answers a fetch as soon as a record is there. Batching fetches with a larger
+	// MinBytes (4 KiB with a 5-20ms MaxWait) saved no CPU at 1,000 events/s and pushed the
+	// event -> outcome p99 from ~65ms to ~170-240ms. MaxBytes 1 MiB (was 4 MiB) is ~2,000
+	// records a fetch, plenty for a backlog, and cost ~13% less processor CPU at a steady
+	// 1,000 events/s; 4 MiB responses also saw i/o timeouts under CPU pressure.
 	return kafka.NewReader(kafka.ReaderConfig{
 		Brokers:        p.cfg.Brokers,
 		Topic:          pt.topic,
 		Partition:      pt.id,
 		Dialer:         p.cfg.Dialer,
 		MinBytes:       1,
-		MaxBytes:       4 << 20,
+		MaxBytes:       1 << 20,
 		MaxWait:        250 * time.Millisecond,
 		QueueCapacity:  256,
 		ReadBackoffMin: 100 * time.Millisecond,

@@ -1,7 +1,6 @@
 package processor
 
 import (
-	"encoding/json"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -34,7 +33,7 @@ type event struct {
 // goroutine, so records of a partition enter the scheduler in offset order.
 func (p *Processor) handle(pt *partition, msg kafka.Message) {
 	pt.hwm.Store(msg.HighWaterMark)
-	p.metrics.consumed.WithLabelValues(pt.topic).Inc()
+	pt.countConsumed(p.metrics)
 	ev := &event{p: p, pt: pt, msg: msg, slot: pt.tracker.add(msg.Offset), start: p.cfg.Now()}
 
 	decoded, err := rules.DecodeEvent(msg.Value)
@@ -53,7 +52,10 @@ func (p *Processor) handle(pt *partition, msg kafka.Message) {
 	set := p.rules.Current()
 	ev.version = set.Version
 	meta := rules.Meta{EventID: ev.id, Topic: pt.topic, Partition: pt.id, Offset: msg.Offset, Key: msg.Key, Time: msg.Time}
-	notes := set.Evaluate(decoded, meta, nil)
+	// The notifications are copied into their tasks or finished before handle returns, so one
+	// buffer per partition serves every event.
+	notes := set.Evaluate(decoded, meta, pt.notes[:0])
+	defer func() { clear(notes); pt.notes = notes[:0] }()
 
 	n := 0
 	for i := range notes {
@@ -75,15 +77,15 @@ func (p *Processor) handle(pt *partition, msg kafka.Message) {
 		laneKey = "k\x00" + pt.topic + "\x00" + strconv.Itoa(pt.id) + "\x00" + string(msg.Key)
 	}
 	for i := range notes {
-		note := notes[i]
+		note := &notes[i]
 		switch {
 		case note.WhenErr:
 		case note.Err != nil:
-			p.emit(ev, &note, StatusRejected, wechat.Result{ErrMsg: note.Err.Error()})
-		case hasControls(note.Rule) && p.gate(ev, &note):
+			p.emit(ev, note, StatusRejected, wechat.Result{ErrMsg: note.Err.Error()})
+		case hasControls(note.Rule) && p.gate(ev, note):
 			// Notification controls (controls.go): expired, skipped or delayed.
 		default:
-			p.dispatch(ev, &note, laneKey, p.cfg.DryRun || note.Rule.DryRun)
+			p.dispatch(ev, note, laneKey, p.cfg.DryRun || note.Rule.DryRun)
 		}
 	}
 }
@@ -102,8 +104,22 @@ func (p *Processor) dispatch(ev *event, note *rules.Notification, laneKey string
 	if note.Rule.Dedupe != nil {
 		dedupeKey = "d\x00" + storeName(note.Rule.Name, dry) + "\x00" + note.DedupeKey
 	}
-	p.sched.submit(newTask(func(t *task) { p.send(t, ev, note, dry, stateful) }, laneKey, userKey, dedupeKey))
+	j := &sendJob{p: p, ev: ev, note: *note, dry: dry, stateful: stateful}
+	j.job = j
+	j.setKeys(laneKey, userKey, dedupeKey)
+	p.sched.submit(&j.task)
 }
+
+// sendJob is the scheduler task of one notification.
+type sendJob struct {
+	task
+	p             *Processor
+	ev            *event
+	note          rules.Notification
+	dry, stateful bool
+}
+
+func (j *sendJob) runTask(t *task) { j.p.send(t, j.ev, &j.note, j.dry, j.stateful) }
 
 // send makes the WeChat call for one notification; it holds the notification's lanes only for
 // the call, not for the outcome write.
@@ -180,8 +196,8 @@ func (p *Processor) emit(ev *event, note *rules.Notification, status string, res
 		p.warn.WithFields(logrus.Fields{"event_id": ev.id, "rule": note.Rule.Name, "reason": res.ErrMsg,
 			"topic": ev.pt.topic, "partition": ev.pt.id, "offset": ev.msg.Offset}).Warn("notification rejected")
 	}
-	p.metrics.notifications.WithLabelValues(note.Rule.Name, note.Rule.API, status).Inc()
-	value, err := json.Marshal(&o)
+	p.metrics.notified(note.Rule.Name, note.Rule.API, status)
+	value, err := o.appendJSON(make([]byte, 0, o.encodedLen()))
 	if err != nil { // cannot happen for this struct; keep the event unfinished rather than lose it
 		p.log.WithError(err).WithField("event_id", ev.id).Error("encoding outcome")
 		return

@@ -2,6 +2,7 @@ package processor
 
 import (
 	"fmt"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -23,6 +24,25 @@ type metrics struct {
 	delayed        *prometheus.CounterVec
 	delayedHeld    prometheus.Gauge
 	controlEvicted *prometheus.CounterVec
+
+	// notificationCounters caches notifications' children by notificationLabels: an outcome
+	// is counted for every notification, and WithLabelValues hashes and validates its labels
+	// under a lock each time. Rule names and APIs are few, so it stays small.
+	notificationCounters sync.Map
+}
+
+type notificationLabels struct{ rule, api, status string }
+
+// notified counts one outcome of the rule's notification.
+func (m *metrics) notified(rule, api, status string) {
+	k := notificationLabels{rule, api, status}
+	if c, ok := m.notificationCounters.Load(k); ok {
+		c.(prometheus.Counter).Inc()
+		return
+	}
+	c := m.notifications.WithLabelValues(rule, api, status)
+	m.notificationCounters.Store(k, c)
+	c.Inc()
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {

@@ -188,6 +188,7 @@ func (p *Processor) Joined() bool { return p.joined.Load() }
 func (p *Processor) Run(ctx context.Context) error {
 	sendCtx, cancelSends := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelSends()
+	defer p.sched.close()
 	p.sendCtx = sendCtx
 
 	if err := p.ensureTopics(ctx); err != nil {
@@ -237,8 +238,18 @@ type partition struct {
 	topic     string
 	id        int
 	tracker   *tracker
-	hwm       atomic.Int64 // high watermark seen at the last fetch
-	committed int64        // last committed offset (committer goroutine only)
+	hwm       atomic.Int64         // high watermark seen at the last fetch
+	committed int64                // last committed offset (committer goroutine only)
+	consumed  prometheus.Counter   // the topic's consumed counter (fetch goroutine only)
+	notes     []rules.Notification // handle's buffer (fetch goroutine only)
+}
+
+// countConsumed counts one fetched record; it runs on the partition's fetch goroutine.
+func (pt *partition) countConsumed(m *metrics) {
+	if pt.consumed == nil {
+		pt.consumed = m.consumed.WithLabelValues(pt.topic)
+	}
+	pt.consumed.Inc()
 }
 
 func (p *Processor) runGeneration(gctx context.Context, gen *kafka.Generation) {

@@ -132,3 +132,34 @@ func BenchmarkScheduler(b *testing.B) {
 	}
 	wg.Wait()
 }
+
+// BenchmarkSchedulerDeepStack runs tasks that, like a WeChat send, need a deep stack: a
+// goroutine per task grows its stack every time; a reused worker keeps it grown.
+func BenchmarkSchedulerDeepStack(b *testing.B) {
+	s := newScheduler()
+	defer s.close()
+	var wg sync.WaitGroup
+	run := func(tk *task) { deepStack(64); s.done(tk); wg.Done() }
+	keys := make([]string, 512)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("u:%d", i)
+	}
+	b.ReportAllocs()
+	wg.Add(b.N)
+	for i := 0; i < b.N; i++ {
+		s.submit(newTask(run, keys[i%len(keys)], keys[(i*7)%len(keys)]))
+	}
+	wg.Wait()
+}
+
+// deepStack uses about 300 bytes of stack per level.
+//
+//go:noinline
+func deepStack(n int) byte {
+	var buf [256]byte
+	buf[n%len(buf)] = byte(n)
+	if n == 0 {
+		return buf[0]
+	}
+	return deepStack(n-1) + buf[n%len(buf)]
+}
