@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
-	"github.com/sirupsen/logrus"
 
 	"github.com/wxnotify/wxnotify/rules"
 	"github.com/wxnotify/wxnotify/sink"
@@ -117,31 +116,10 @@ func decodeDelayed(msg kafka.Message) (*delayedRecord, error) {
 // time. It draws on its own budget (MaxDelayed), not the events' in-flight budget, so a night
 // of delayed notifications does not stall the events topics.
 func (p *Processor) fetchDelayed(gctx context.Context, pt *partition, holds *sync.WaitGroup) {
-	r := p.newReader(pt)
-	defer r.Close()
-	if err := r.SetOffset(pt.tracker.commitPoint()); err != nil {
-		p.log.WithError(err).WithFields(logrus.Fields{"topic": pt.topic, "partition": pt.id}).Error("cannot position the partition reader")
-		return
-	}
-	for {
-		select {
-		case p.delayBudget <- struct{}{}:
-		case <-gctx.Done():
-			return
-		}
-		msg, err := r.FetchMessage(gctx)
-		if err != nil {
-			<-p.delayBudget
-			if gctx.Err() != nil {
-				return
-			}
-			p.warn.WithError(err).WithFields(logrus.Fields{"topic": pt.topic, "partition": pt.id}).Warn("fetch failed; retrying")
-			time.Sleep(200 * time.Millisecond)
-			continue
-		}
+	p.consume(gctx, pt, p.delayBudget, func(msg kafka.Message) {
 		p.metrics.delayedHeld.Inc()
 		p.holdDelayed(gctx, pt, msg, holds)
-	}
+	})
 }
 
 // holdDelayed registers one delayed record and sends it at its time, or hands it back

@@ -350,6 +350,16 @@ func (p *Processor) commit(gen *kafka.Generation, parts []*partition) {
 
 // fetch reads one partition until gctx ends, feeding events in offset order.
 func (p *Processor) fetch(gctx context.Context, pt *partition) {
+	p.consume(gctx, pt, p.budget, func(msg kafka.Message) {
+		p.metrics.inFlight.Inc()
+		p.handle(pt, msg)
+	})
+}
+
+// consume reads one partition from its commit point until gctx ends, taking a slot of budget
+// before each fetch (the back-pressure: a full budget stops fetching) and passing each record to
+// handle in offset order. handle owns the slot from then on.
+func (p *Processor) consume(gctx context.Context, pt *partition, budget chan struct{}, handle func(kafka.Message)) {
 	r := p.newReader(pt)
 	defer r.Close()
 	if err := r.SetOffset(pt.tracker.commitPoint()); err != nil {
@@ -358,21 +368,24 @@ func (p *Processor) fetch(gctx context.Context, pt *partition) {
 	}
 	for {
 		select {
-		case p.budget <- struct{}{}:
+		case budget <- struct{}{}:
 		case <-gctx.Done():
 			return
 		}
 		msg, err := r.FetchMessage(gctx)
 		if err != nil {
-			<-p.budget
+			<-budget
 			if gctx.Err() != nil {
 				return
 			}
 			p.warn.WithError(err).WithFields(logrus.Fields{"topic": pt.topic, "partition": pt.id}).Warn("fetch failed; retrying")
-			time.Sleep(200 * time.Millisecond)
+			select {
+			case <-time.After(200 * time.Millisecond):
+			case <-gctx.Done():
+				return
+			}
 			continue
 		}
-		p.metrics.inFlight.Inc()
-		p.handle(pt, msg)
+		handle(msg)
 	}
 }
