@@ -696,7 +696,11 @@ func (m *msgCompiler) valueType(path string) string {
 	if kw, ok = strings.CutSuffix(kw, ".value"); !ok || strings.Contains(kw, ".") {
 		return ""
 	}
-	return wxapi.KeywordType(kw)
+	typ := wxapi.KeywordType(kw)
+	if typ == "" && m.api.IdempotencyField != "" { // template.send: the Official Account template
+		typ = wxapi.OADisplayType
+	}
+	return typ
 }
 
 func (m *msgCompiler) captureBits(path string) uint8 {

@@ -365,16 +365,16 @@ func (o *op) appendString(st *state, buf []byte, truncate bool) ([]byte, string,
 }
 
 // checkValue applies keyword type typ's value rules to s, the way WeChat answers 47003, so a
-// bad value is rejected before it spends quota. With truncate, over-long free text is cut to fit
-// with an ellipsis instead.
+// bad value is rejected before it spends quota. With truncate, free text is cut to 20 characters
+// with an ellipsis instead (for Official Account display text, which WeChat would cut silently).
 func checkValue(typ, s string, truncate bool) (string, error) {
-	if wxapi.ValidValue(typ, s) {
-		return s, nil
-	}
 	if truncate {
 		if t, ok := wxapi.TruncateValue(typ, s); ok && wxapi.ValidValue(typ, t) {
 			return t, nil
 		}
+	}
+	if wxapi.ValidValue(typ, s) {
+		return s, nil
 	}
 	hint := ""
 	if typ == "thing" || typ == "const" {

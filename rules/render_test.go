@@ -434,7 +434,10 @@ func TestKeywordValueRules(t *testing.T) {
 		{"bad time", "subscribeMessage.send", "time5", "18h00", false, "", "is not a valid time value"},
 		{"phrase", "subscribeMessage.send", "phrase6", "已发货", false, "已发货", ""},
 		{"OA category keyword checked", "template.send", "thing2", long, false, "", "is not a valid thing value"},
-		{"untyped keyword not checked", "template.send", "keyword1", long + long, false, long + long, ""},
+		{"untyped OA keyword not checked", "template.send", "keyword1", long + long, false, long + long, ""},
+		{"untyped OA keyword truncated visibly on opt-in", "template.send", "keyword1", long, true, "广州市海珠区新港中路397号TIT创意…", ""},
+		{"short OA keyword untouched on opt-in", "template.send", "remark", "点击查看", true, "点击查看", ""},
+		{"untyped subscribe keyword not truncated", "subscribeMessage.send", "keyword1", long, true, long, ""},
 		{"legacy API not checked", "templateMessage.send", "thing1", long, false, long, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

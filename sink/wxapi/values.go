@@ -66,11 +66,17 @@ func ValidValue(typ, s string) bool {
 // ValueRule says in words what type typ accepts ("" for an unknown type).
 func ValueRule(typ string) string { return valueRuleText[typ] }
 
-// TruncateValue shortens s with an ellipsis so it fits a free-text type (thing, const: 20
-// characters), dropping control characters. ok is false for other types, where cutting would
-// change the meaning (a number, a date) rather than shorten a text.
+// OADisplayType is the value type of an Official Account template keyword that names no type
+// (keyword1, first, remark): WeChat accepts any length but, since 2023, shows at most 20
+// characters and cuts the rest without a mark. It has no value rules (ValidValue accepts
+// anything); TruncateValue shortens it visibly.
+const OADisplayType = "oa_display"
+
+// TruncateValue shortens s to 20 characters with an ellipsis and drops control characters, for
+// the free-text types (thing, const, and OADisplayType). ok is false for other types, where
+// cutting would change the meaning (a number, a date) rather than shorten a text.
 func TruncateValue(typ, s string) (string, bool) {
-	if typ != "thing" && typ != "const" {
+	if typ != "thing" && typ != "const" && typ != OADisplayType {
 		return s, false
 	}
 	const limit = 20
