@@ -171,3 +171,46 @@ func TestCommitsNeverPassUnfinishedWorkUnderLoad(t *testing.T) {
 		t.Error(v)
 	}
 }
+
+// Rebalances while sending: a second member joins while hundreds of sends are in flight, and
+// later the first leaves. Revoked partitions finish their in-flight sends and commit before the
+// new owner starts, so every event gets exactly one outcome per rule and WeChat exactly one
+// message per notification.
+func TestRebalanceWhileSending(t *testing.T) {
+	h := newHarness(t, wechatsim.Config{Latency: 50 * time.Millisecond})
+	a := h.start()
+	const events = 1200
+	var msgs []kafka.Message
+	for i := 0; i < events; i++ {
+		msgs = append(msgs, event(fmt.Sprintf("e-%03d", i), "order.paid", fmt.Sprintf("user%03d", i%150)))
+	}
+	h.produce("events", msgs...)
+	waitFor(t, 10*time.Second, "sends under way", func() bool { return len(h.sim.Deliveries()) >= 50 })
+	drained := func() int { return strings.Count(h.logBuf.String(), "partitions revoked after finishing in-flight work") }
+	h.start() // joins: a rebalance while a's sends are in flight
+	waitFor(t, 20*time.Second, "the rebalance of the join", func() bool { return strings.Contains(h.logBuf.String(), "partitions revoked") })
+	if d := len(h.sim.Deliveries()); d >= 2*events-100 {
+		t.Fatalf("the join's rebalance came after %d of %d sends: not while sending", d, 2*events)
+	}
+	h.stop(a) // leaves while sends are in flight: the other member takes every partition
+	outs := h.outcomes(2*events, 60*time.Second)
+	seen := map[string]int{}
+	for _, o := range outs {
+		seen[o.EventID+"/"+o.Rule]++
+	}
+	for k, n := range seen {
+		if n > 1 {
+			t.Errorf("%s has %d outcomes", k, n)
+		}
+	}
+	if len(seen) != 2*events {
+		t.Errorf("%d distinct notifications have outcomes, want %d", len(seen), 2*events)
+	}
+	if d := len(h.sim.Deliveries()); d != 2*events {
+		t.Errorf("simulator delivered %d messages, want %d", d, 2*events)
+	}
+	waitFor(t, 20*time.Second, "all offsets committed", func() bool { return sum(h.committed()) == events })
+	if n := drained(); n < 2 {
+		t.Errorf("%d drained revocations logged, want at least 2 (a member joining, a member leaving)", n)
+	}
+}
