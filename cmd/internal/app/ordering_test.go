@@ -186,7 +186,9 @@ func TestRebalanceWhileSending(t *testing.T) {
 	}
 	h.produce("events", msgs...)
 	waitFor(t, 10*time.Second, "sends under way", func() bool { return len(h.sim.Deliveries()) >= 50 })
-	drained := func() int { return strings.Count(h.logBuf.String(), "partitions revoked after finishing in-flight work") }
+	drained := func() int {
+		return strings.Count(h.logBuf.String(), "partitions revoked after finishing in-flight work")
+	}
 	h.start() // joins: a rebalance while a's sends are in flight
 	waitFor(t, 20*time.Second, "the rebalance of the join", func() bool { return strings.Contains(h.logBuf.String(), "partitions revoked") })
 	if d := len(h.sim.Deliveries()); d >= 2*events-100 {
