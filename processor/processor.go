@@ -156,6 +156,7 @@ type Processor struct {
 	sendCtx     context.Context
 	joined      atomic.Bool
 	warn        *logLimiter
+	client      *kafka.Client // group heartbeats while draining
 }
 
 // New builds a Processor. Metrics are registered on reg.
@@ -198,6 +199,7 @@ func (p *Processor) Run(ctx context.Context) error {
 	if p.cfg.DelayTopic != "" {
 		topics = append(slices.Clip(topics), p.cfg.DelayTopic)
 	}
+	p.client = groupClient(p.cfg.Brokers, p.cfg.Dialer)
 	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
 		ID:                p.cfg.GroupID,
 		Brokers:           p.cfg.Brokers,
@@ -292,6 +294,11 @@ loop:
 	// the drain deadline, then make the final commit while the generation is still ours.
 	fetchers.Wait()
 	holds.Wait() // held delayed records are handed back at once, not drained
+	// kafka-go stops heartbeating when a generation ends; without heartbeats a drain longer than
+	// the session timeout would get this member evicted, and its partitions handed to another
+	// member while its sends are still running (duplicates). Keep the session alive meanwhile.
+	stopHeartbeats := p.heartbeatWhileDraining(gen)
+	defer stopHeartbeats()
 	deadline := time.NewTimer(p.cfg.DrainTimeout)
 	defer deadline.Stop()
 	abandoned := 0

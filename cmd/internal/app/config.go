@@ -372,6 +372,12 @@ func (c *Config) Validate() error {
 			bad("%s: secret and secret_file are exclusive", key)
 		}
 	}
+	// The group waits at most rebalance_timeout for a revoked member to drain, commit and rejoin;
+	// a longer drain gets the member dropped while its sends still run.
+	drain, rebalance := orDefault(c.Processor.DrainTimeout, 15*time.Second), orDefault(c.Kafka.RebalanceTimeout, 30*time.Second)
+	if drain >= rebalance {
+		bad("processor.drain_timeout: %s must be below kafka.rebalance_timeout (%s): the group waits at most that long for a revoked member to finish", drain, rebalance)
+	}
 	if c.Processor.MaxInFlight < 1 {
 		bad("processor.max_in_flight: must be at least 1")
 	}
@@ -423,6 +429,13 @@ func (c *Config) path(p string) string {
 		return p
 	}
 	return filepath.Join(c.dir, p)
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
 }
 
 func sortedKeys[V any](m map[string]V) []string {

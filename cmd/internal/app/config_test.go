@@ -75,6 +75,8 @@ func TestParseConfigErrorsNameTheKey(t *testing.T) {
 			[]string{`kafka.events_topic: "events" is also the delay topic`}},
 		{"delay topic reused as dead letters", strings.Replace(minimalConfig, "events_topic: events", "events_topic: events\n  delay_topic: wxnotify.dlq", 1), map[string]string{"APPID": "a", "SECRET": "b"},
 			[]string{`kafka.delay_topic: "wxnotify.dlq" is also the outcomes or dead-letter topic`}},
+		{"drain longer than the group waits", minimalConfig + "processor: {drain_timeout: 45s}\n", map[string]string{"APPID": "a", "SECRET": "b"},
+			[]string{"processor.drain_timeout: 45s must be below kafka.rebalance_timeout (30s)"}},
 		{"bad zone", minimalConfig + "rules: {zone: Mars/Olympus}\n", map[string]string{"APPID": "a", "SECRET": "b"},
 			[]string{"rules.zone:"}},
 	} {

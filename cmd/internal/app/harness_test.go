@@ -65,7 +65,7 @@ func newHarness(t *testing.T, simCfg wechatsim.Config, kopts ...kfake.Opt) *harn
 
 	cfg := &Config{}
 	cfg.Kafka = KafkaConfig{Brokers: cluster.ListenAddrs(), GroupID: "wxnotify-test", EventsTopic: StringList{"events"},
-		SessionTimeout: time.Second, HeartbeatInterval: 250 * time.Millisecond, RebalanceTimeout: 5 * time.Second}
+		SessionTimeout: time.Second, HeartbeatInterval: 250 * time.Millisecond, RebalanceTimeout: 10 * time.Second}
 	cfg.WeChat = WeChatConfig{BaseURL: sim.URL(), Accounts: map[string]AccountConfig{
 		"weapp": {AppID: testWeappAppID, Secret: "weapp-secret-xyz"},
 		"mp":    {AppID: testMPAppID, Secret: "mp-secret-xyz"},

@@ -182,7 +182,7 @@ func TestRebalanceWhileSending(t *testing.T) {
 	const events = 1200
 	var msgs []kafka.Message
 	for i := 0; i < events; i++ {
-		msgs = append(msgs, event(fmt.Sprintf("e-%03d", i), "order.paid", fmt.Sprintf("user%03d", i%150)))
+		msgs = append(msgs, event(fmt.Sprintf("e-%03d", i), "order.paid", fmt.Sprintf("user%03d", i%60)))
 	}
 	h.produce("events", msgs...)
 	waitFor(t, 10*time.Second, "sends under way", func() bool { return len(h.sim.Deliveries()) >= 50 })
