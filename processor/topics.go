@@ -21,54 +21,52 @@ func (p *Processor) ensureTopics(ctx context.Context) error {
 		wants = append(wants, want{"kafka.events_topic", t})
 	}
 	wants = append(wants, want{"kafka.outcomes_topic", p.cfg.OutcomesTopic}, want{"kafka.dead_letter_topic", p.cfg.DeadLetterTopic})
-	partitions, err := p.partitionCounts(ctx, append(append([]string{}, p.cfg.Topics...), p.cfg.OutcomesTopic, p.cfg.DeadLetterTopic, p.cfg.DelayTopic))
+	partitions, err := p.readPartitions(ctx, append(append([]string{}, p.cfg.Topics...), p.cfg.OutcomesTopic, p.cfg.DeadLetterTopic, p.cfg.DelayTopic))
 	if err != nil {
 		// The brokers may be down; the group and the writer retry on their own. Say so and go on.
 		p.log.WithError(err).Warn("cannot check that the topics exist; going on")
 		return nil
 	}
 	for _, w := range wants {
-		if partitions[w.topic] == 0 {
+		if len(partitions[w.topic]) == 0 {
 			return fmt.Errorf("%s: topic %q does not exist", w.key, w.topic)
 		}
 	}
-	if p.cfg.DelayTopic == "" || partitions[p.cfg.DelayTopic] > 0 {
+	if p.cfg.DelayTopic == "" || len(partitions[p.cfg.DelayTopic]) > 0 {
 		return nil
 	}
-	n := partitions[p.cfg.Topics[0]]
-	if err := p.createTopic(ctx, p.cfg.DelayTopic, n); err != nil {
+	// As many partitions as the events it delays, and as durable.
+	events := partitions[p.cfg.Topics[0]]
+	n, replicas := len(events), max(len(events[0].Replicas), 1)
+	if err := p.createTopic(ctx, p.cfg.DelayTopic, n, replicas); err != nil {
 		return fmt.Errorf("kafka.delay_topic: topic %q does not exist and could not be created (%v); create it with %d partitions", p.cfg.DelayTopic, err, n)
 	}
 	p.log.WithField("topic", p.cfg.DelayTopic).WithField("partitions", n).Info("created the delay topic")
 	return nil
 }
 
-// partitionCounts returns the partition count of each topic (0: the topic does not exist).
-func (p *Processor) partitionCounts(ctx context.Context, topics []string) (map[string]int, error) {
+// readPartitions returns the partitions of each topic (none: the topic does not exist).
+func (p *Processor) readPartitions(ctx context.Context, topics []string) (map[string][]kafka.Partition, error) {
 	conn, err := p.dial(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer conn.Close()
-	out := map[string]int{}
+	out := map[string][]kafka.Partition{}
 	for _, t := range topics {
 		if t == "" {
 			continue
 		}
 		parts, err := conn.ReadPartitions(t)
-		switch {
-		case errors.Is(err, kafka.UnknownTopicOrPartition):
-			out[t] = 0
-		case err != nil:
+		if err != nil && !errors.Is(err, kafka.UnknownTopicOrPartition) {
 			return nil, err
-		default:
-			out[t] = len(parts)
 		}
+		out[t] = parts
 	}
 	return out, nil
 }
 
-func (p *Processor) createTopic(ctx context.Context, topic string, partitions int) error {
+func (p *Processor) createTopic(ctx context.Context, topic string, partitions, replicas int) error {
 	conn, err := p.dial(ctx)
 	if err != nil {
 		return err
@@ -83,11 +81,6 @@ func (p *Processor) createTopic(ctx context.Context, topic string, partitions in
 		return err
 	}
 	defer cc.Close()
-	parts, _ := conn.ReadPartitions(p.cfg.Topics[0])
-	replicas := 1
-	if len(parts) > 0 && len(parts[0].Replicas) > 0 {
-		replicas = len(parts[0].Replicas) // as durable as the events it delays
-	}
 	err = cc.CreateTopics(kafka.TopicConfig{Topic: topic, NumPartitions: partitions, ReplicationFactor: replicas})
 	if errors.Is(err, kafka.TopicAlreadyExists) {
 		return nil // another replica created it first

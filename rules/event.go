@@ -228,20 +228,8 @@ func (d *fastDecoder) object() (map[string]any, bool) {
 			return nil, false
 		}
 		m[k] = v // a repeated key: the last wins, as in encoding/json
-		d.skipSpace()
-		if d.i >= len(d.data) {
-			return nil, false
-		}
-		switch d.data[d.i] {
-		case ',':
-			d.i++
-			d.skipSpace()
-		case '}':
-			d.i++
-			d.depth--
-			return m, true
-		default:
-			return nil, false
+		if end, ok := d.afterElement('}'); !ok || end {
+			return m, ok
 		}
 	}
 }
@@ -265,22 +253,30 @@ func (d *fastDecoder) array() (any, bool) {
 			return nil, false
 		}
 		a = append(a, v)
-		d.skipSpace()
-		if d.i >= len(d.data) {
-			return nil, false
-		}
-		switch d.data[d.i] {
-		case ',':
-			d.i++
-			d.skipSpace()
-		case ']':
-			d.i++
-			d.depth--
-			return a, true
-		default:
-			return nil, false
+		if end, ok := d.afterElement(']'); !ok || end {
+			return a, ok
 		}
 	}
+}
+
+// afterElement reads what follows an object member or array element: a comma (more follow) or
+// the closing byte (end, and the nesting level is left).
+func (d *fastDecoder) afterElement(closing byte) (end, ok bool) {
+	d.skipSpace()
+	if d.i >= len(d.data) {
+		return false, false
+	}
+	switch d.data[d.i] {
+	case ',':
+		d.i++
+		d.skipSpace()
+		return false, true
+	case closing:
+		d.i++
+		d.depth--
+		return true, true
+	}
+	return false, false
 }
 
 // string decodes the string at d.i (its '"'). It declines invalid UTF-8 and surrogates that do

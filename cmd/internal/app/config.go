@@ -38,7 +38,7 @@ type KafkaConfig struct {
 	EventsTopic       StringList    `yaml:"events_topic"`       // one topic or a list; required
 	OutcomesTopic     string        `yaml:"outcomes_topic"`     // default wxnotify.outcomes
 	DeadLetterTopic   string        `yaml:"dead_letter_topic"`  // default wxnotify.dlq
-	DelayTopic        string        `yaml:"delay_topic"`        // default wxnotify.delayed; quiet_hours (action delay) holds notifications there; must exist
+	DelayTopic        string        `yaml:"delay_topic"`        // default wxnotify.delayed; quiet_hours (action delay) holds notifications there; created if missing
 	StartOffset       string        `yaml:"start_offset"`       // first (default) or last, for partitions with no committed offset
 	SessionTimeout    time.Duration `yaml:"session_timeout"`    // default 10s
 	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"` // default 3s
