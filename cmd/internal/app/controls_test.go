@@ -9,6 +9,9 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/wxnotify/wxnotify/processor"
 	"github.com/wxnotify/wxnotify/sink/wechatsim"
@@ -172,6 +175,21 @@ func TestRunCreatesTheDelayTopicAndRefusesAMissingEventsTopic(t *testing.T) {
 	defer cancel()
 	err = Run(ctx, h2.cfg, Options{Log: h2.log, Rules: h2.set, Listener: newLocalListener(t)})
 	if err == nil || !strings.Contains(err.Error(), `kafka.events_topic: topic "no.such.topic" does not exist`) {
+		t.Fatalf("Run = %v", err)
+	}
+}
+
+// A missing delay topic that the broker will not let us create is a startup error naming the key
+// and what to create.
+func TestRunReportsADelayTopicItCannotCreate(t *testing.T) {
+	h := newHarness(t, wechatsim.Config{})
+	h.cfg.Kafka.DelayTopic = "wxnotify.delayed.denied"
+	h.cluster.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.CreateTopics}, Err: kerr.TopicAuthorizationFailed, Count: -1})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	err := Run(ctx, h.cfg, Options{Log: h.log, Rules: h.set, Listener: newLocalListener(t)})
+	if err == nil || !strings.Contains(err.Error(), `kafka.delay_topic: topic "wxnotify.delayed.denied" does not exist and could not be created`) ||
+		!strings.Contains(err.Error(), "create it with 4 partitions") {
 		t.Fatalf("Run = %v", err)
 	}
 }
