@@ -39,12 +39,21 @@ func (p *Processor) heartbeatWhileDraining(gen *kafka.Generation) (stop func()) 
 	}
 }
 
-// groupClient builds the client for group requests outside kafka-go's ConsumerGroup, with the
-// dialer's TLS and SASL settings.
-func groupClient(brokers []string, d *kafka.Dialer) *kafka.Client {
+// brokerClient builds a client with the dialer's TLS and SASL settings, on a transport of its
+// own: for group requests outside kafka-go's ConsumerGroup, and for event fetches.
+func brokerClient(brokers []string, d *kafka.Dialer) *kafka.Client {
 	tr := &kafka.Transport{}
 	if d != nil {
 		tr.TLS, tr.SASL, tr.ClientID = d.TLS, d.SASLMechanism, d.ClientID
 	}
 	return &kafka.Client{Addr: kafka.TCP(brokers...), Transport: tr}
+}
+
+// closeIdle closes the clients' pooled connections.
+func closeIdle(clients ...*kafka.Client) {
+	for _, c := range clients {
+		if t, ok := c.Transport.(*kafka.Transport); ok {
+			t.CloseIdleConnections()
+		}
+	}
 }

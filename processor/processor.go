@@ -1,6 +1,7 @@
 package processor
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -63,8 +64,16 @@ type Config struct {
 	// StartOffset is where a partition with no committed offset starts: kafka.FirstOffset
 	// (default) or kafka.LastOffset.
 	StartOffset int64
-	// Dialer connects to the brokers (TLS, SASL); nil = kafka-go's default dialer.
+	// Dialer connects to the brokers (TLS, SASL); nil = kafka-go's default dialer. The group
+	// protocol and the delay topic use it directly; event fetches, metadata and offset lookups
+	// go through a kafka.Transport with the same TLS, SASL and client ID.
 	Dialer *kafka.Dialer
+	// FetchLinger is how long the broker may gather records for a fetch while records keep
+	// arriving (the fetch asks for 256 KiB or FetchLinger, whichever comes first; a fetch that
+	// came back empty long-polls instead). It trades a few milliseconds of latency for far fewer
+	// fetches at moderate rates. Default 5ms; a negative value turns it off (every fetch answers
+	// at its first record).
+	FetchLinger time.Duration
 	// DryRun makes every rule dry-run: everything but the WeChat call.
 	DryRun bool
 	// MaxDelayed bounds the delayed notifications held in memory until their time, across all
@@ -101,6 +110,9 @@ func (c *Config) withDefaults() {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.FetchLinger == 0 {
+		c.FetchLinger = 5 * time.Millisecond
 	}
 	if c.MaxDelayed <= 0 {
 		c.MaxDelayed = 10000
@@ -157,6 +169,7 @@ type Processor struct {
 	joined      atomic.Bool
 	warn        *logLimiter
 	client      *kafka.Client // group heartbeats while draining
+	kclient     *kafka.Client // event fetches, metadata and offset lookups (fetch.go)
 }
 
 // New builds a Processor. Metrics are registered on reg.
@@ -199,7 +212,9 @@ func (p *Processor) Run(ctx context.Context) error {
 	if p.cfg.DelayTopic != "" {
 		topics = append(slices.Clip(topics), p.cfg.DelayTopic)
 	}
-	p.client = groupClient(p.cfg.Brokers, p.cfg.Dialer)
+	p.client = brokerClient(p.cfg.Brokers, p.cfg.Dialer)
+	p.kclient = brokerClient(p.cfg.Brokers, p.cfg.Dialer)
+	defer closeIdle(p.client, p.kclient)
 	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
 		ID:                p.cfg.GroupID,
 		Brokers:           p.cfg.Brokers,
@@ -237,10 +252,17 @@ func (p *Processor) Run(ctx context.Context) error {
 
 // partition is one assigned partition within a generation.
 type partition struct {
-	topic     string
-	id        int
-	tracker   *tracker
-	hwm       atomic.Int64         // high watermark seen at the last fetch
+	topic   string
+	id      int
+	tracker *tracker
+	hwm     atomic.Int64 // high watermark seen at the last fetch
+	next    int64        // events: offset of the next record to fetch (fetch goroutine only)
+	// outOfRange marks an events partition whose offset the broker refused as outside its log:
+	// it is positioned again before the next fetch (fetch goroutine only).
+	outOfRange bool
+	// rewound lets the next commit move the committed offset back, after the log was
+	// truncated below it.
+	rewound   atomic.Bool
 	committed int64                // last committed offset (committer goroutine only)
 	consumed  prometheus.Counter   // the topic's consumed counter (fetch goroutine only)
 	notes     []rules.Notification // handle's buffer (fetch goroutine only)
@@ -258,7 +280,7 @@ func (p *Processor) runGeneration(gctx context.Context, gen *kafka.Generation) {
 	var parts []*partition
 	for topic, assigned := range gen.Assignments {
 		for _, a := range assigned {
-			parts = append(parts, &partition{topic: topic, id: a.ID, tracker: newTracker(a.Offset), committed: a.Offset})
+			parts = append(parts, &partition{topic: topic, id: a.ID, tracker: newTracker(a.Offset), committed: a.Offset, next: a.Offset})
 		}
 	}
 	p.joined.Store(true)
@@ -266,17 +288,26 @@ func (p *Processor) runGeneration(gctx context.Context, gen *kafka.Generation) {
 	p.log.WithFields(logrus.Fields{"generation": gen.ID, "member": gen.MemberID, "partitions": len(parts)}).Info("joined consumer group generation")
 
 	var fetchers, holds sync.WaitGroup
+	var events []*partition
 	for _, pt := range parts {
+		if pt.topic != p.cfg.DelayTopic {
+			events = append(events, pt)
+			continue
+		}
 		fetchers.Add(1)
 		go func() {
 			defer fetchers.Done()
-			if pt.topic == p.cfg.DelayTopic {
-				p.fetchDelayed(gctx, pt, &holds)
-			} else {
-				p.fetch(gctx, pt)
-			}
+			p.fetchDelayed(gctx, pt, &holds)
 		}()
 	}
+	slices.SortFunc(events, func(a, b *partition) int {
+		return cmp.Or(cmp.Compare(a.topic, b.topic), cmp.Compare(a.id, b.id))
+	})
+	fetchers.Add(1)
+	go func() {
+		defer fetchers.Done()
+		p.fetchEvents(gctx, events)
+	}()
 
 	ticker := time.NewTicker(p.cfg.CommitInterval)
 	defer ticker.Stop()
@@ -332,7 +363,8 @@ func (p *Processor) commit(gen *kafka.Generation, parts []*partition) {
 		if hwm := pt.hwm.Load(); hwm > 0 && cp >= 0 {
 			p.metrics.lag.WithLabelValues(pt.topic, fmt.Sprint(pt.id)).Set(float64(max(hwm-cp, 0)))
 		}
-		if cp < 0 || cp <= pt.committed {
+		rewound := pt.rewound.Load()
+		if cp < 0 || (cp <= pt.committed && !rewound) || (rewound && cp == pt.committed) {
 			continue
 		}
 		if offsets[pt.topic] == nil {
@@ -351,16 +383,9 @@ func (p *Processor) commit(gen *kafka.Generation, parts []*partition) {
 	}
 	for _, pt := range moved {
 		pt.committed = offsets[pt.topic][pt.id]
+		pt.rewound.Store(false)
 	}
 	p.metrics.lastCommit.Set(float64(p.cfg.Now().UnixNano()) / 1e9)
-}
-
-// fetch reads one partition until gctx ends, feeding events in offset order.
-func (p *Processor) fetch(gctx context.Context, pt *partition) {
-	p.consume(gctx, pt, p.budget, func(msg kafka.Message) {
-		p.metrics.inFlight.Inc()
-		p.handle(pt, msg)
-	})
 }
 
 // consume reads one partition from its commit point until gctx ends, taking a slot of budget

@@ -1,0 +1,221 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/wxnotify/wxnotify/sink/wechatsim"
+)
+
+// The events fetcher (processor/fetch.go) through the whole pipeline: what it must keep under
+// leader moves, a log truncated under the committed offset and transaction markers, and the
+// batching it exists for.
+
+// orderEvents builds n order.paid events; each matches the two order-paid rules.
+func orderEvents(prefix string, n int) []kafka.Message {
+	msgs := make([]kafka.Message, n)
+	for i := range msgs {
+		msgs[i] = event(fmt.Sprintf("%s%04d", prefix, i), "order.paid", fmt.Sprintf("user%d", i%29))
+	}
+	return msgs
+}
+
+// wantOneOutcomeEach checks that each of msgs has exactly one outcome per order-paid rule,
+// among outs, and that nothing else has any.
+func wantOneOutcomeEach(t *testing.T, outs map[string]int, msgs []kafka.Message) {
+	t.Helper()
+	want := map[string]bool{}
+	for _, m := range msgs {
+		var e struct {
+			ID string `json:"event_id"`
+		}
+		if err := json.Unmarshal(m.Value, &e); err != nil {
+			t.Fatal(err)
+		}
+		for _, rule := range []string{"order-paid", "order-paid-subscribe"} {
+			k := e.ID + "/" + rule
+			want[k] = true
+			if n := outs[k]; n != 1 {
+				t.Errorf("%s has %d outcomes, want 1", k, n)
+			}
+		}
+	}
+	for k, n := range outs {
+		if !want[k] {
+			t.Errorf("unexpected outcome(s) for %s: %d", k, n)
+		}
+	}
+}
+
+func (h *harness) outcomeCounts(n int, timeout time.Duration) map[string]int {
+	h.t.Helper()
+	seen := map[string]int{}
+	for _, o := range h.outcomes(n, timeout) {
+		seen[o.EventID+"/"+o.Rule]++
+	}
+	return seen
+}
+
+// counter returns the value of an unlabelled counter.
+func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no unlabelled counter %s", name)
+	return 0
+}
+
+// Partition leaders move between three brokers while events are consumed: fetches for the
+// moved partitions fail with NOT_LEADER, the fetcher groups the partitions by their new
+// leaders, and every event still gets exactly one outcome per rule.
+func TestLeaderMovesWhileConsuming(t *testing.T) {
+	h := newHarness(t, wechatsim.Config{Latency: 2 * time.Millisecond}, kfake.NumBrokers(3))
+	r := h.start()
+	defer h.stop(r)
+	var all []kafka.Message
+	for round := range 6 {
+		batch := orderEvents(fmt.Sprintf("lm%d-", round), 40)
+		h.produce("events", batch...)
+		all = append(all, batch...)
+		time.Sleep(100 * time.Millisecond)
+		h.cluster.ShufflePartitionLeaders()
+	}
+	wantOneOutcomeEach(t, h.outcomeCounts(2*len(all), 60*time.Second), all)
+	if d := len(h.sim.Deliveries()); d != 2*len(all) {
+		t.Errorf("simulator delivered %d messages, want %d", d, 2*len(all))
+	}
+}
+
+// Retention removed records below the group's committed offset while the processor was down:
+// the fetch is refused as out of range, the processor resumes at the log start with a warning,
+// and the records still in the log are processed once.
+func TestCommittedOffsetBelowLogStartResumesAtLogStart(t *testing.T) {
+	h := newHarness(t, wechatsim.Config{})
+	first := orderEvents("old-", 20)
+	h.produce("events", first...)
+	r := h.start()
+	h.outcomes(2*len(first), 30*time.Second)
+	waitFor(t, 10*time.Second, "commit of the first events", func() bool {
+		ends, committed := h.endOffsets("events"), h.committed()
+		for p, end := range ends {
+			if committed[p] != end {
+				return false
+			}
+		}
+		return true
+	})
+	h.stop(r)
+
+	lost := orderEvents("lost-", 20) // removed by "retention" before anyone reads them
+	h.produce("events", lost...)
+	for p, end := range h.endOffsets("events") {
+		if err := h.cluster.DeleteRecords("events", int32(p), end); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kept := orderEvents("kept-", 20)
+	h.produce("events", kept...)
+
+	h.start()
+	outs := h.outcomeCounts(2*(len(first)+len(kept)), 30*time.Second)
+	wantOneOutcomeEach(t, outs, append(first, kept...))
+	if !strings.Contains(h.logBuf.String(), "outside its log") {
+		t.Errorf("no warning about the offset outside the log; log:\n%s", h.logBuf.String())
+	}
+}
+
+// Events written in Kafka transactions come with commit markers, which take offsets but are no
+// events: they are passed over, and the committed offset reaches the end of the log.
+func TestTransactionMarkersAreSkippedAndCommittedPast(t *testing.T) {
+	h := newHarness(t, wechatsim.Config{})
+	cl, err := kgo.NewClient(kgo.SeedBrokers(h.broker), kgo.TransactionalID("wxnotify-test-tx"),
+		kgo.DefaultProduceTopic("events"), kgo.RecordPartitioner(kgo.RoundRobinPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var all []kafka.Message
+	for tx := range 3 {
+		if err := cl.BeginTransaction(); err != nil {
+			t.Fatal(err)
+		}
+		batch := orderEvents(fmt.Sprintf("tx%d-", tx), 8)
+		for _, m := range batch {
+			if err := cl.ProduceSync(ctx, &kgo.Record{Key: m.Key, Value: m.Value}).FirstErr(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := cl.EndTransaction(ctx, kgo.TryCommit); err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, batch...)
+	}
+	r := h.start()
+	defer h.stop(r)
+	wantOneOutcomeEach(t, h.outcomeCounts(2*len(all), 30*time.Second), all)
+	ends := h.endOffsets("events")
+	for p, end := range h.endOffsets("wxnotify.dlq") {
+		if end > 0 {
+			t.Errorf("dead-letter partition %d holds %d records: transaction markers were taken for events", p, end)
+		}
+	}
+	waitFor(t, 10*time.Second, "commits past the last transaction markers", func() bool {
+		committed := h.committed()
+		for p, end := range ends {
+			if committed[p] != end {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// At a steady moderate rate the fetcher lets the broker gather records for a few milliseconds,
+// so fetches are far fewer than events (kafka-go's per-partition reader made about one fetch
+// per event at this rate), without adding more than those milliseconds to the latency.
+func TestFetchesAreBatchedAtSteadyRate(t *testing.T) {
+	h := newHarness(t, wechatsim.Config{})
+	r := h.start()
+	defer h.stop(r)
+	waitFor(t, 10*time.Second, "partitions assigned", func() bool {
+		v, _ := gauge(t, r.reg, "wxnotify_assigned_partitions")
+		return v > 0
+	})
+	before := counter(t, r.reg, "wxnotify_kafka_fetch_requests_total")
+	w := &kafka.Writer{Addr: kafka.TCP(h.broker), Topic: "events", Balancer: &kafka.Hash{}, RequiredAcks: kafka.RequireAll,
+		BatchTimeout: time.Millisecond, Transport: &kafka.Transport{}}
+	defer w.Close()
+	msgs := orderEvents("steady-", 600)
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for _, m := range msgs { // one event per write, at most one a millisecond
+		<-tick.C
+		if err := w.WriteMessages(context.Background(), m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wantOneOutcomeEach(t, h.outcomeCounts(2*len(msgs), 30*time.Second), msgs)
+	fetches := counter(t, r.reg, "wxnotify_kafka_fetch_requests_total") - before
+	t.Logf("%d events, %.0f fetches", len(msgs), fetches)
+	if fetches > float64(len(msgs))/2 {
+		t.Errorf("%.0f fetches for %d events written one at a time: want at most one fetch per two events", fetches, len(msgs))
+	}
+}
