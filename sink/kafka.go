@@ -1,10 +1,10 @@
 package sink
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,39 +21,47 @@ var ErrClosed = errors.New("sink: writer closed before the record was acknowledg
 type WriterConfig struct {
 	// Brokers are the bootstrap brokers (required).
 	Brokers []string
-	// BatchTimeout is how long a partial batch waits for more records. Default 2ms: kafka-go's
-	// own default of 1s would hold every commit for a second.
+	// BatchTimeout is the linger: how long the first record of a batch waits for more records
+	// bound for the same broker before the batch is sent. Default 5ms; negative: none (a batch
+	// is sent as soon as no request to its broker is in flight). A longer linger sends
+	// fewer requests at low rates but delays every acknowledgement, and with it the commits
+	// that wait for them (the processor commits every 200ms, so a few ms do not matter).
 	BatchTimeout time.Duration
-	// BatchSize is the most records in one produce batch (per partition). Default 100. kafka-go
-	// allocates room for BatchSize records for every batch it opens, however few it then holds:
-	// with a 2ms BatchTimeout the batches are small, and at 1000 each outcome write cost ~150 KB
-	// of garbage per batch, half of the processor's allocation (wxbench, 10k outcomes/s).
+	// BatchSize is the most records in one produce request, which carries every partition
+	// led by one broker. Default 1000.
 	BatchSize int
+	// BatchBytes is the most bytes (an uncompressed estimate) in one produce request. Default
+	// 1 MiB, the broker's default message.max.bytes. A record larger than that is still sent,
+	// alone; the broker will probably refuse it, and it is retried like any failure.
+	BatchBytes int
 	// RetryBackoff is the first pause before a failed record is written again; it doubles up to
 	// MaxRetryBackoff. Defaults 200ms and 10s. Records are retried until acknowledged or Close.
 	RetryBackoff, MaxRetryBackoff time.Duration
 	// Transport is the kafka-go transport (TLS, SASL); nil = a private kafka.Transport, never the
 	// shared kafka.DefaultTransport whose pooled connections go stale across broker restarts.
+	// The writer routes records by the transport's cached metadata, so after a leader moves,
+	// records are retried until the transport refreshes it (kafka.Transport.MetadataTTL,
+	// default 6s), as with kafka-go's own writer.
 	Transport kafka.RoundTripper
 	// Balancer places keyed records. Default kafka.Hash (FNV-1a, as kafka-go's own writer).
 	Balancer kafka.Balancer
 }
 
 func (c *WriterConfig) withDefaults() {
-	if c.BatchTimeout <= 0 {
-		c.BatchTimeout = 2 * time.Millisecond
+	if c.BatchTimeout == 0 {
+		c.BatchTimeout = 5 * time.Millisecond
 	}
 	if c.BatchSize <= 0 {
-		c.BatchSize = 100
+		c.BatchSize = 1000
+	}
+	if c.BatchBytes <= 0 {
+		c.BatchBytes = 1 << 20
 	}
 	if c.RetryBackoff <= 0 {
 		c.RetryBackoff = 200 * time.Millisecond
 	}
 	if c.MaxRetryBackoff <= 0 {
 		c.MaxRetryBackoff = 10 * time.Second
-	}
-	if c.Transport == nil {
-		c.Transport = &kafka.Transport{}
 	}
 	if c.Balancer == nil {
 		c.Balancer = &kafka.Hash{}
@@ -72,41 +80,75 @@ type Record struct {
 // record's acknowledgement through a callback. A record that fails is written again with backoff
 // until it is acknowledged or the writer closes, so a caller that waits for the callback before
 // committing its input never loses a record.
+//
+// Records are batched per partition leader: one produce request carries every partition a broker
+// leads (see produce.go), so at a steady low rate the writer sends about one request per broker
+// per BatchTimeout rather than one per partition batch as kafka-go's Writer does.
 type Writer struct {
 	cfg     WriterConfig
-	w       *kafka.Writer
+	addr    net.Addr         // the bootstrap address: the key of the transport's connection pool
+	own     *kafka.Transport // the private transport, closed by Close; nil when cfg gave one
 	log     logrus.FieldLogger
 	metrics writerMetrics
 
-	mu      sync.Mutex
-	closed  bool
-	retries map[*pending]*time.Timer // records waiting to be written again
-	wg      sync.WaitGroup           // records handed out and not yet reported
-	failing atomic.Bool              // for logging the first failure and the recovery once
+	// refreshEvery is how often the routes are re-read from the transport's metadata cache
+	// without a failure asking for it.
+	refreshEvery time.Duration
+
+	mu            sync.Mutex
+	closed        bool
+	retries       map[*pending]*time.Timer // records waiting to be written again
+	routes        map[string]*route        // by topic: partitions and their leaders
+	brokers       map[int32]*brokerQueue   // records waiting for a produce request, by leader
+	unplaced      []*pending               // records for topics not yet in routes
+	refreshWanted bool                     // a failure suggested the routes are stale
+	lastRefresh   time.Time
+
+	wake     chan struct{} // nudges the run loop; capacity 1
+	loopDone chan struct{} // closed when the run loop returns
+	sends    sync.WaitGroup
+	wg       sync.WaitGroup // records handed out and not yet reported
+	failing  atomic.Bool    // for logging the first failure and the recovery once
 }
 
 type pending struct {
-	rec      Record
-	done     func(error)
-	attempts int
+	rec       Record
+	done      func(error)
+	attempts  int
+	size      int   // estimated encoded size, for BatchBytes
+	partition int32 // where the current attempt goes
 }
 
 type writerMetrics struct {
 	acked    *prometheus.CounterVec
 	failures *prometheus.CounterVec
+	requests prometheus.Counter
 }
 
-// NewWriter builds a Writer. Metrics go to reg: wxnotify_kafka_records_written_total{topic} and
-// wxnotify_kafka_write_failures_total{topic}.
+// NewWriter builds a Writer and starts its goroutine; Close stops it. Metrics go to reg:
+// wxnotify_kafka_records_written_total{topic}, wxnotify_kafka_write_failures_total{topic} and
+// wxnotify_kafka_produce_requests_total.
 func NewWriter(cfg WriterConfig, reg prometheus.Registerer, log logrus.FieldLogger) (*Writer, error) {
 	if len(cfg.Brokers) == 0 {
 		return nil, errors.New("sink: writer needs at least one broker")
 	}
 	cfg.withDefaults()
+	var own *kafka.Transport
+	if cfg.Transport == nil {
+		own = &kafka.Transport{}
+		cfg.Transport = own
+	}
 	w := &Writer{
-		cfg:     cfg,
-		log:     log,
-		retries: make(map[*pending]*time.Timer),
+		own:          own,
+		cfg:          cfg,
+		addr:         kafka.TCP(cfg.Brokers...),
+		log:          log,
+		refreshEvery: defaultRefreshEvery,
+		retries:      make(map[*pending]*time.Timer),
+		routes:       make(map[string]*route),
+		brokers:      make(map[int32]*brokerQueue),
+		wake:         make(chan struct{}, 1),
+		loopDone:     make(chan struct{}),
 		metrics: writerMetrics{
 			acked: prometheus.NewCounterVec(prometheus.CounterOpts{
 				Name: "wxnotify_kafka_records_written_total",
@@ -116,68 +158,62 @@ func NewWriter(cfg WriterConfig, reg prometheus.Registerer, log logrus.FieldLogg
 				Name: "wxnotify_kafka_write_failures_total",
 				Help: "Record writes that failed and will be retried, by topic (outcome and dead-letter topics).",
 			}, []string{"topic"}),
+			requests: prometheus.NewCounter(prometheus.CounterOpts{
+				Name: "wxnotify_kafka_produce_requests_total",
+				Help: "Produce requests sent; records written / requests is the batching achieved.",
+			}),
 		},
 	}
+	if t, ok := cfg.Transport.(*kafka.Transport); ok && t.MetadataTTL > 0 {
+		w.refreshEvery = t.MetadataTTL
+	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{w.metrics.acked, w.metrics.failures} {
+		for _, c := range []prometheus.Collector{w.metrics.acked, w.metrics.failures, w.metrics.requests} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register writer metrics: %w", err)
 			}
 		}
 	}
-	w.w = &kafka.Writer{
-		Addr:         kafka.TCP(cfg.Brokers...),
-		Balancer:     cfg.Balancer,
-		RequiredAcks: kafka.RequireAll,
-		BatchTimeout: cfg.BatchTimeout,
-		BatchSize:    cfg.BatchSize,
-		Async:        true,
-		Transport:    cfg.Transport,
-		Completion:   w.completion,
-		ErrorLogger:  kafka.LoggerFunc(func(f string, a ...any) { log.Debugf("kafka writer: "+f, a...) }),
-	}
+	go w.run()
 	return w, nil
 }
 
 // Publish queues rec and calls done exactly once: with nil when the broker acknowledged it, or
-// with ErrClosed when the writer closed first. done runs on a writer goroutine and must not block.
+// with ErrClosed when the writer closed first. done runs on a writer goroutine (or, after
+// Close, on the caller's) and must not block.
 func (w *Writer) Publish(rec Record, done func(error)) {
-	w.wg.Add(1)
-	w.write(&pending{rec: rec, done: done})
+	p := &pending{rec: rec, done: done, size: recordSize(&rec)}
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		done(ErrClosed)
+		return
+	}
+	w.wg.Add(1) // under mu while open, so it never races Close's Wait
+	w.enqueueLocked(p)
 }
 
+// write queues p again after a retry backoff.
 func (w *Writer) write(p *pending) {
 	w.mu.Lock()
-	closed := w.closed
-	w.mu.Unlock()
-	if closed {
+	if w.closed {
+		w.mu.Unlock()
 		w.report(p, ErrClosed)
 		return
 	}
-	p.attempts++
-	msg := kafka.Message{Topic: p.rec.Topic, Key: p.rec.Key, Value: p.rec.Value, Headers: p.rec.Headers, WriterData: p}
-	// Async: WriteMessages only queues; errors arrive in completion. It fails at once only when
-	// the writer is closed or the message is malformed.
-	if err := w.w.WriteMessages(context.Background(), msg); err != nil {
-		w.retry(p, err)
-	}
+	w.enqueueLocked(p)
 }
 
-func (w *Writer) completion(msgs []kafka.Message, err error) {
-	for i := range msgs {
-		p, ok := msgs[i].WriterData.(*pending)
-		if !ok {
-			continue
-		}
-		if err != nil {
-			w.retry(p, err)
-			continue
-		}
-		w.metrics.acked.WithLabelValues(p.rec.Topic).Inc()
-		if w.failing.CompareAndSwap(true, false) {
-			w.log.WithField("topic", p.rec.Topic).Info("kafka writes are being acknowledged again")
-		}
-		w.report(p, nil)
+// enqueueLocked places p and unlocks mu.
+func (w *Writer) enqueueLocked(p *pending) {
+	p.attempts++
+	wake, err := w.placeLocked(p)
+	w.mu.Unlock()
+	if wake {
+		w.signal()
+	}
+	if err != nil {
+		w.retry(p, err)
 	}
 }
 
@@ -192,11 +228,12 @@ func (w *Writer) retry(p *pending, err error) {
 	}
 	backoff = backoff/2 + rand.N(backoff/2+1)
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	if w.closed {
-		go w.report(p, ErrClosed)
+		w.mu.Unlock()
+		w.report(p, ErrClosed)
 		return
 	}
+	// Whoever deletes p from retries owns it: the timer, or Close.
 	w.retries[p] = time.AfterFunc(backoff, func() {
 		w.mu.Lock()
 		_, live := w.retries[p]
@@ -206,6 +243,17 @@ func (w *Writer) retry(p *pending, err error) {
 			w.write(p)
 		}
 	})
+	w.mu.Unlock()
+}
+
+func (w *Writer) acked(topic string, recs []*pending) {
+	w.metrics.acked.WithLabelValues(topic).Add(float64(len(recs)))
+	if w.failing.CompareAndSwap(true, false) {
+		w.log.WithField("topic", topic).Info("kafka writes are being acknowledged again")
+	}
+	for _, p := range recs {
+		w.report(p, nil)
+	}
 }
 
 func (w *Writer) report(p *pending, err error) {
@@ -213,9 +261,20 @@ func (w *Writer) report(p *pending, err error) {
 	w.wg.Done()
 }
 
-// Close flushes queued records, waits for their acknowledgements, fails records still waiting
-// for a retry with ErrClosed, and closes the connections. Call it after the processor has
-// stopped publishing.
+// signal wakes the run loop; a wake already pending absorbs it.
+func (w *Writer) signal() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Close sends the queued records at once (ignoring BatchTimeout) and waits for their
+// acknowledgements, fails records waiting for a retry with ErrClosed, and closes the private
+// transport's connections. A write that fails once Close began is not retried: its records get
+// ErrClosed, and so do the records queued behind a broker that failed a whole request, so a
+// dead broker holds Close for about one request timeout (15s), not one per batch. Call it
+// after the processor has stopped publishing; later publishes get ErrClosed.
 func (w *Writer) Close() error {
 	w.mu.Lock()
 	if w.closed {
@@ -223,18 +282,22 @@ func (w *Writer) Close() error {
 		return nil
 	}
 	w.closed = true
-	var abandoned []*pending
+	abandoned := make([]*pending, 0, len(w.retries))
 	for p, t := range w.retries {
-		if t.Stop() {
-			abandoned = append(abandoned, p)
-		}
+		t.Stop()
+		abandoned = append(abandoned, p)
 		delete(w.retries, p)
 	}
 	w.mu.Unlock()
 	for _, p := range abandoned {
 		w.report(p, ErrClosed)
 	}
-	err := w.w.Close() // flushes the async batches; their completions run before it returns
+	w.signal()
+	<-w.loopDone // the loop returns once nothing is queued
+	w.sends.Wait()
 	w.wg.Wait()
-	return err
+	if w.own != nil {
+		w.own.CloseIdleConnections() // a transport from cfg may be shared: its owner closes it
+	}
+	return nil
 }

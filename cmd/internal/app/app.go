@@ -120,7 +120,7 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 	}
 	defer client.Close()
 
-	writer, err := sink.NewWriter(sink.WriterConfig{Brokers: cfg.Kafka.Brokers}, reg, log)
+	writer, err := sink.NewWriter(sink.WriterConfig{Brokers: cfg.Kafka.Brokers, BatchTimeout: linger(cfg.Kafka.ProduceLinger)}, reg, log)
 	if err != nil {
 		return err
 	}
@@ -258,7 +258,20 @@ func processorConfig(cfg *Config) processor.Config {
 		DryRun:            cfg.Processor.DryRun,
 		MaxDelayed:        cfg.Processor.MaxDelayed,
 		ControlMaxKeys:    cfg.Processor.ControlMaxKeys,
+		FetchLinger:       linger(cfg.Kafka.FetchLinger),
 	}
+}
+
+// linger maps a linger key to the Kafka side's convention: unset is 0 (the default), an
+// explicit 0s is negative (off).
+func linger(d *time.Duration) time.Duration {
+	switch {
+	case d == nil:
+		return 0
+	case *d == 0:
+		return -1
+	}
+	return *d
 }
 
 type readiness struct {

@@ -43,6 +43,11 @@ type KafkaConfig struct {
 	SessionTimeout    time.Duration `yaml:"session_timeout"`    // default 10s
 	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"` // default 3s
 	RebalanceTimeout  time.Duration `yaml:"rebalance_timeout"`  // default 30s
+	// FetchLinger and ProduceLinger trade latency for CPU: how long the broker may gather events
+	// for a fetch while events keep arriving, and how long outcome records wait to share a
+	// produce request. Default 5ms each; 0s turns them off.
+	FetchLinger   *time.Duration `yaml:"fetch_linger"`
+	ProduceLinger *time.Duration `yaml:"produce_linger"`
 }
 
 // WeChatConfig is the `wechat:` section.
@@ -342,6 +347,14 @@ func (c *Config) Validate() error {
 	}
 	if c.Kafka.DelayTopic == c.Kafka.OutcomesTopic || c.Kafka.DelayTopic == c.Kafka.DeadLetterTopic {
 		bad("kafka.delay_topic: %q is also the outcomes or dead-letter topic", c.Kafka.DelayTopic)
+	}
+	for _, l := range []struct {
+		key string
+		d   *time.Duration
+	}{{"kafka.fetch_linger", c.Kafka.FetchLinger}, {"kafka.produce_linger", c.Kafka.ProduceLinger}} {
+		if l.d != nil && (*l.d < 0 || *l.d > time.Second) {
+			bad("%s: %s is outside 0s to 1s", l.key, *l.d)
+		}
 	}
 	if c.Kafka.StartOffset != "first" && c.Kafka.StartOffset != "last" {
 		bad("kafka.start_offset: %q is not first or last", c.Kafka.StartOffset)

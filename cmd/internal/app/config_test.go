@@ -77,6 +77,8 @@ func TestParseConfigErrorsNameTheKey(t *testing.T) {
 			[]string{`kafka.delay_topic: "wxnotify.dlq" is also the outcomes or dead-letter topic`}},
 		{"drain longer than the group waits", minimalConfig + "processor: {drain_timeout: 45s}\n", map[string]string{"APPID": "a", "SECRET": "b"},
 			[]string{"processor.drain_timeout: 45s must be below kafka.rebalance_timeout (30s)"}},
+		{"linger out of range", strings.Replace(minimalConfig, "events_topic: events", "events_topic: events\n  fetch_linger: 2s\n  produce_linger: -1ms", 1), map[string]string{"APPID": "a", "SECRET": "b"},
+			[]string{"kafka.fetch_linger: 2s is outside 0s to 1s", "kafka.produce_linger: -1ms is outside 0s to 1s"}},
 		{"bad zone", minimalConfig + "rules: {zone: Mars/Olympus}\n", map[string]string{"APPID": "a", "SECRET": "b"},
 			[]string{"rules.zone:"}},
 	} {
@@ -156,5 +158,26 @@ func TestExpandEnv(t *testing.T) {
 	}
 	if strings.Join(unset, ",") != "B,D" {
 		t.Errorf("unset = %v, want [B D] (comments ignored, each name once)", unset)
+	}
+}
+
+// kafka.fetch_linger / produce_linger: unset takes the Kafka side's default, an explicit 0s
+// turns lingering off, anything else is passed on.
+func TestLingerKeys(t *testing.T) {
+	zero, ten := time.Duration(0), 10*time.Millisecond
+	for _, tc := range []struct {
+		in   *time.Duration
+		want time.Duration
+	}{{nil, 0}, {&zero, -1}, {&ten, ten}} {
+		if got := linger(tc.in); got != tc.want {
+			t.Errorf("linger(%v) = %v, want %v", tc.in, got, tc.want)
+		}
+	}
+	cfg, err := ParseConfig([]byte(strings.Replace(minimalConfig, "events_topic: events", "events_topic: events\n  fetch_linger: 0s", 1)), env(map[string]string{"APPID": "a", "SECRET": "b"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := processorConfig(cfg).FetchLinger; got >= 0 {
+		t.Errorf("fetch_linger: 0s gave processor FetchLinger %v, want negative (off)", got)
 	}
 }
