@@ -71,7 +71,7 @@ type Config struct {
 	// FetchLinger is how long the broker may gather records for a fetch while records keep
 	// arriving (the fetch asks for 256 KiB or FetchLinger, whichever comes first; a fetch that
 	// came back empty long-polls instead). It trades a few milliseconds of latency for far fewer
-	// fetches at moderate rates. Default 5ms; a negative value turns it off (every fetch answers
+	// fetches at moderate rates. Default 4ms; a negative value turns it off (every fetch answers
 	// at its first record).
 	FetchLinger time.Duration
 	// DryRun makes every rule dry-run: everything but the WeChat call.
@@ -112,7 +112,7 @@ func (c *Config) withDefaults() {
 		c.Now = time.Now
 	}
 	if c.FetchLinger == 0 {
-		c.FetchLinger = 5 * time.Millisecond
+		c.FetchLinger = 4 * time.Millisecond
 	}
 	if c.MaxDelayed <= 0 {
 		c.MaxDelayed = 10000

@@ -22,7 +22,7 @@ type WriterConfig struct {
 	// Brokers are the bootstrap brokers (required).
 	Brokers []string
 	// BatchTimeout is the linger: how long the first record of a batch waits for more records
-	// bound for the same broker before the batch is sent. Default 5ms; negative: none (a batch
+	// bound for the same broker before the batch is sent. Default 2ms; negative: none (a batch
 	// is sent as soon as no request to its broker is in flight). A longer linger sends
 	// fewer requests at low rates but delays every acknowledgement, and with it the commits
 	// that wait for them (the processor commits every 200ms, so a few ms do not matter).
@@ -49,7 +49,7 @@ type WriterConfig struct {
 
 func (c *WriterConfig) withDefaults() {
 	if c.BatchTimeout == 0 {
-		c.BatchTimeout = 5 * time.Millisecond
+		c.BatchTimeout = 2 * time.Millisecond
 	}
 	if c.BatchSize <= 0 {
 		c.BatchSize = 1000

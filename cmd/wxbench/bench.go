@@ -21,22 +21,23 @@ import (
 
 // options are wxbench's flags.
 type options struct {
-	mode        string        // backlog or steady
-	events      int           // backlog size
-	rate        float64       // steady: events per second
-	duration    time.Duration // steady: how long to produce
-	latency     time.Duration // simulator latency per send call
-	maxInFlight int
-	partitions  int
-	users       int
-	rulesDir    string
-	inProcess   bool
-	cpuProfile  string
-	memProfile  string
-	timeout     time.Duration // for the outcomes after production
-	logLevel    string
-	progress    bool
-	seed        uint64
+	mode                       string        // backlog or steady
+	events                     int           // backlog size
+	rate                       float64       // steady: events per second
+	duration                   time.Duration // steady: how long to produce
+	latency                    time.Duration // simulator latency per send call
+	maxInFlight                int
+	fetchLinger, produceLinger string // "" = the config default
+	partitions                 int
+	users                      int
+	rulesDir                   string
+	inProcess                  bool
+	cpuProfile                 string
+	memProfile                 string
+	timeout                    time.Duration // for the outcomes after production
+	logLevel                   string
+	progress                   bool
+	seed                       uint64
 }
 
 const (
@@ -114,6 +115,7 @@ func bench(ctx context.Context, o options, stdout, stderr io.Writer) (*report, e
 	pc := procConfig{
 		Broker: broker, SimURL: sim.URL(), WeappAppID: weappAppID, WeappSecret: weappSecret,
 		MPAppID: mpAppID, MPSecret: mpSecret, MaxInFlight: o.maxInFlight, RulesDir: o.rulesDir,
+		FetchLinger: o.fetchLinger, ProduceLinger: o.produceLinger,
 		LogLevel: o.logLevel, CPUProfile: o.cpuProfile, MemProfile: o.memProfile,
 	}
 	t := newTally(n)

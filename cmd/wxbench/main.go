@@ -64,6 +64,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.duration, "duration", 30*time.Second, "steady: how long to write events")
 	fs.DurationVar(&o.latency, "latency", 0, "simulator latency added to every send call")
 	fs.IntVar(&o.maxInFlight, "max-in-flight", 1024, "processor.max_in_flight")
+	fs.StringVar(&o.fetchLinger, "fetch-linger", "", "kafka.fetch_linger (default: the config default)")
+	fs.StringVar(&o.produceLinger, "produce-linger", "", "kafka.produce_linger (default: the config default)")
 	fs.IntVar(&o.partitions, "partitions", 8, "partitions of the events topic")
 	fs.IntVar(&o.users, "users", 20000, "distinct recipients the events are spread over")
 	fs.StringVar(&o.rulesDir, "rules", "", "rule file or directory to use instead of the embedded bench rules (one send per event)")

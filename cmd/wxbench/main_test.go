@@ -5,6 +5,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestMain lets the test binary be the processor child, as the wxbench binary is.
@@ -74,5 +75,26 @@ func TestTallyCountsDuplicatesAndMarks(t *testing.T) {
 	}
 	if tl.recv[3] != 4 {
 		t.Errorf("recv[3] = %d, want the first outcome's time 4", tl.recv[3])
+	}
+}
+
+// -fetch-linger and -produce-linger reach the processor's config as the kafka keys; unset
+// leaves the config defaults.
+func TestLingerFlagsReachTheConfig(t *testing.T) {
+	pc := procConfig{Broker: "127.0.0.1:9092", SimURL: "http://127.0.0.1:1", WeappAppID: "wxa", WeappSecret: "s1",
+		MPAppID: "wxb", MPSecret: "s2", MaxInFlight: 10, LogLevel: "warn"}
+	cfg, err := appConfig(pc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Kafka.FetchLinger != nil || cfg.Kafka.ProduceLinger != nil {
+		t.Errorf("unset flags set lingers: %v %v", cfg.Kafka.FetchLinger, cfg.Kafka.ProduceLinger)
+	}
+	pc.FetchLinger, pc.ProduceLinger = "7ms", "0s"
+	if cfg, err = appConfig(pc); err != nil {
+		t.Fatal(err)
+	}
+	if f, p := cfg.Kafka.FetchLinger, cfg.Kafka.ProduceLinger; f == nil || *f != 7*time.Millisecond || p == nil || *p != 0 {
+		t.Errorf("lingers = %v, %v; want 7ms, 0s", f, p)
 	}
 }

@@ -40,16 +40,29 @@ type procConfig struct {
 	MPAppID     string
 	MPSecret    string
 	MaxInFlight int
-	RulesDir    string // "" = the embedded bench rules
-	LogLevel    string
-	CPUProfile  string
-	MemProfile  string
+	// FetchLinger and ProduceLinger are kafka.fetch_linger and kafka.produce_linger ("": default).
+	FetchLinger, ProduceLinger string
+	RulesDir                   string // "" = the embedded bench rules
+	LogLevel                   string
+	CPUProfile                 string
+	MemProfile                 string
 }
 
 const (
 	roleEnv   = "WXBENCH_ROLE" // "processor" makes the binary the processor child
 	configEnv = "WXBENCH_PROCESSOR_CONFIG"
 )
+
+// lingers returns the kafka section's linger keys the bench was asked to set.
+func lingers(pc procConfig) string {
+	var b strings.Builder
+	for _, l := range [][2]string{{"fetch_linger", pc.FetchLinger}, {"produce_linger", pc.ProduceLinger}} {
+		if l[1] != "" {
+			fmt.Fprintf(&b, "  %s: %q\n", l[0], l[1])
+		}
+	}
+	return strings.TrimSuffix(b.String(), "\n")
+}
 
 // appConfig builds the processor's config the way `wxnotify run` does: YAML text through
 // app.ParseConfig (defaults, validation, secrets only by ${VAR} reference).
@@ -58,6 +71,7 @@ func appConfig(pc procConfig) (*app.Config, error) {
   brokers: [%q]
   group_id: wxbench
   events_topic: events
+%s
 wechat:
   base_url: %q
   accounts:
@@ -72,7 +86,7 @@ processor:
 log:
   level: %s
   format: text
-`, pc.Broker, pc.SimURL, pc.WeappAppID, pc.MPAppID, pc.RulesDir, pc.MaxInFlight, pc.LogLevel)
+`, pc.Broker, lingers(pc), pc.SimURL, pc.WeappAppID, pc.MPAppID, pc.RulesDir, pc.MaxInFlight, pc.LogLevel)
 	secrets := map[string]string{"WXBENCH_WEAPP_SECRET": pc.WeappSecret, "WXBENCH_MP_SECRET": pc.MPSecret}
 	cfg, err := app.ParseConfig([]byte(raw), func(k string) (string, bool) { v, ok := secrets[k]; return v, ok })
 	if err != nil {

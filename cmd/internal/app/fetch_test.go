@@ -188,11 +188,15 @@ func TestTransactionMarkersAreSkippedAndCommittedPast(t *testing.T) {
 	})
 }
 
-// At a steady moderate rate the fetcher lets the broker gather records for a few milliseconds,
+// At a steady moderate rate the fetcher lets the broker gather records for kafka.fetch_linger,
 // so fetches are far fewer than events (kafka-go's per-partition reader made about one fetch
-// per event at this rate), without adding more than those milliseconds to the latency.
+// per event at this rate).
 func TestFetchesAreBatchedAtSteadyRate(t *testing.T) {
 	h := newHarness(t, wechatsim.Config{})
+	// A linger well above the writer's pace (one event per 1-2 ms, slower on a loaded machine)
+	// makes the count independent of how fast this test can write.
+	linger := 25 * time.Millisecond
+	h.cfg.Kafka.FetchLinger = &linger
 	r := h.start()
 	defer h.stop(r)
 	waitFor(t, 10*time.Second, "partitions assigned", func() bool {
@@ -215,7 +219,7 @@ func TestFetchesAreBatchedAtSteadyRate(t *testing.T) {
 	wantOneOutcomeEach(t, h.outcomeCounts(2*len(msgs), 30*time.Second), msgs)
 	fetches := counter(t, r.reg, "wxnotify_kafka_fetch_requests_total") - before
 	t.Logf("%d events, %.0f fetches", len(msgs), fetches)
-	if fetches > float64(len(msgs))/2 {
-		t.Errorf("%.0f fetches for %d events written one at a time: want at most one fetch per two events", fetches, len(msgs))
+	if fetches > float64(len(msgs))/4 {
+		t.Errorf("%.0f fetches for %d events written one at a time: want at most one fetch per four events", fetches, len(msgs))
 	}
 }
