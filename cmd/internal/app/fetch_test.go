@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -221,5 +222,72 @@ func TestFetchesAreBatchedAtSteadyRate(t *testing.T) {
 	t.Logf("%d events, %.0f fetches", len(msgs), fetches)
 	if fetches > float64(len(msgs))/4 {
 		t.Errorf("%.0f fetches for %d events written one at a time: want at most one fetch per four events", fetches, len(msgs))
+	}
+}
+
+// restartBroker closes the broker, waits out the outage and starts it again on the same port
+// with the same data directory, as a broker restart does.
+func (h *harness) restartBroker(outage time.Duration) {
+	h.t.Helper()
+	h.cluster.Close()
+	time.Sleep(outage)
+	c, err := kfake.NewCluster(h.kopts...)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.cluster = c
+}
+
+// The broker restarts while events are being sent: the fetcher and the outcome writer retry
+// through the outage, and no notification is left without an outcome.
+func TestBrokerRestartMidStream(t *testing.T) {
+	ln := newLocalListener(t)
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	h := newHarness(t, wechatsim.Config{Latency: 5 * time.Millisecond}, kfake.Ports(port), kfake.DataDir(t.TempDir()))
+	r := h.start()
+	defer h.stop(r)
+	msgs := orderEvents("br-", 300)
+	h.produce("events", msgs...)
+	waitFor(t, 20*time.Second, "sends under way", func() bool { return len(h.sim.Deliveries()) >= 100 })
+	h.restartBroker(2 * time.Second)
+	more := orderEvents("br2-", 100)
+	h.produce("events", more...)
+	all := append(msgs, more...)
+
+	var outs map[string]int
+	waitFor(t, 60*time.Second, "an outcome for every notification", func() bool {
+		outs = h.outcomeCounts(int(sum(h.endOffsets("wxnotify.outcomes"))), 10*time.Second)
+		return len(outs) >= 2*len(all)
+	})
+	dups := 0
+	for _, m := range all {
+		var e struct {
+			ID string `json:"event_id"`
+		}
+		_ = json.Unmarshal(m.Value, &e)
+		for _, rule := range []string{"order-paid", "order-paid-subscribe"} {
+			switch n := outs[e.ID+"/"+rule]; {
+			case n == 0:
+				t.Errorf("%s/%s has no outcome", e.ID, rule)
+			case n > 1:
+				dups += n - 1
+			}
+		}
+	}
+	// Redone work: kafka-go's generation connection stays broken after the restart, so commits
+	// fail until the generation ends and what was finished meanwhile is redone (measured: 500-600
+	// of these 800 notifications). Bounded here by the stream, not yet by the in-flight budget:
+	// that is the reliability work's to fix and measure.
+	if dups > 2*len(all) {
+		t.Errorf("%d duplicate outcomes for %d notifications", dups, 2*len(all))
+	}
+	t.Logf("%d notifications, %d duplicate outcomes, %d deliveries", 2*len(all), dups, len(h.sim.Deliveries()))
+	if testing.Verbose() {
+		for _, l := range strings.Split(h.logBuf.String(), "\n") {
+			if !strings.Contains(l, `"level":"debug"`) {
+				t.Log(l)
+			}
+		}
 	}
 }

@@ -27,6 +27,7 @@ import (
 type harness struct {
 	t       *testing.T
 	cluster *kfake.Cluster
+	kopts   []kfake.Opt // the cluster's options, to restart it (restartBroker)
 	broker  string
 	sim     *wechatsim.Server
 	cfg     *Config
@@ -43,17 +44,17 @@ const (
 
 func newHarness(t *testing.T, simCfg wechatsim.Config, kopts ...kfake.Opt) *harness {
 	t.Helper()
-	cluster, err := kfake.NewCluster(append([]kfake.Opt{
+	kopts = append([]kfake.Opt{
 		kfake.NumBrokers(1),
 		kfake.SeedTopics(testPartitions, "events", "wxnotify.outcomes"),
 		kfake.SeedTopics(1, "wxnotify.dlq"),
 		kfake.SeedTopics(2, "wxnotify.delayed"),
 		kfake.GroupMinSessionTimeout(500 * time.Millisecond),
-	}, kopts...)...)
+	}, kopts...)
+	cluster, err := kfake.NewCluster(kopts...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(cluster.Close)
 	if simCfg.Accounts == nil {
 		simCfg.Accounts = map[string]string{testWeappAppID: "weapp-secret-xyz", testMPAppID: "mp-secret-xyz"}
 	}
@@ -90,7 +91,9 @@ func newHarness(t *testing.T, simCfg wechatsim.Config, kopts ...kfake.Opt) *harn
 	log.SetOutput(buf)
 	log.SetFormatter(&logrus.JSONFormatter{})
 	log.SetLevel(logrus.DebugLevel)
-	return &harness{t: t, cluster: cluster, broker: cluster.ListenAddrs()[0], sim: sim, cfg: cfg, set: set, log: log, logBuf: buf}
+	h := &harness{t: t, cluster: cluster, kopts: kopts, broker: cluster.ListenAddrs()[0], sim: sim, cfg: cfg, set: set, log: log, logBuf: buf}
+	t.Cleanup(func() { h.cluster.Close() })
+	return h
 }
 
 // running is a started processor.
