@@ -1,6 +1,7 @@
 package processor
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -42,6 +43,10 @@ const (
 	// fetchTimeout is how long past its wait a fetch may take before the connection is
 	// presumed dead.
 	fetchTimeout = 10 * time.Second
+	// readCommitted is the fetch isolation level that hides open transactions.
+	readCommitted = 1
+	// controlAbort is the type of an abort marker's control record (commit is 1).
+	controlAbort = 0
 )
 
 // fetchEvents reads the generation's events partitions until gctx ends, with one fetch loop
@@ -52,13 +57,18 @@ func (p *Processor) fetchEvents(gctx context.Context, parts []*partition) {
 	if len(parts) == 0 {
 		return
 	}
+	const maxBackoff = 2 * time.Second
 	backoff := time.Duration(0)
 	for {
+		start := time.Now()
 		err := p.fetchRound(gctx, parts)
 		if gctx.Err() != nil {
 			return
 		}
-		backoff = min(max(2*backoff, 100*time.Millisecond), 2*time.Second)
+		if time.Since(start) > 10*maxBackoff {
+			backoff = 0 // the failure ended a healthy stretch: start the backoff over
+		}
+		backoff = min(max(2*backoff, 100*time.Millisecond), maxBackoff)
 		p.warn.WithError(err).WithField("retry_in", backoff).Warn("fetching events failed; retrying")
 		select {
 		case <-time.After(backoff):
@@ -205,7 +215,7 @@ func (p *Processor) fetchLoop(ctx context.Context, parts []*partition) error {
 		}
 		byID[pt.topic][int32(pt.id)] = pt
 	}
-	req := &fetchapi.Request{ReplicaID: -1, MaxBytes: fetchMaxBytes, SessionID: -1, SessionEpoch: -1}
+	req := &fetchapi.Request{ReplicaID: -1, MaxBytes: fetchMaxBytes, SessionID: -1, SessionEpoch: -1, IsolationLevel: readCommitted}
 	addr := kafka.TCP(p.cfg.Brokers...)
 	linger, rotate := false, 0
 	for {
@@ -324,9 +334,27 @@ func (p *Processor) deliverPartition(ctx context.Context, pt *partition, rp *fet
 	} else {
 		batches = []protocol.RecordReader{rr}
 	}
+	// Fetches are read_committed: the broker answers up to the last stable offset and lists the
+	// aborted transactions in range; the records of those are passed over like the markers, as
+	// Kafka's own consumer does. (kafka-go's Reader delivered them, and the markers too.)
+	aborted := slices.SortedFunc(slices.Values(rp.AbortedTransactions), func(a, b fetchapi.ResponseTransaction) int {
+		return cmp.Compare(a.FirstOffset, b.FirstOffset)
+	})
+	abortedBy := map[int64]bool{}
 	got := 0
 	for _, b := range batches {
-		_, control := b.(*protocol.ControlBatch)
+		control, skip := false, false
+		var producer int64
+		switch b := b.(type) {
+		case *protocol.ControlBatch:
+			control, producer = true, b.ProducerID
+		case *protocol.RecordBatch:
+			for len(aborted) > 0 && aborted[0].FirstOffset <= b.BaseOffset {
+				abortedBy[aborted[0].ProducerID] = true
+				aborted = aborted[1:]
+			}
+			skip = b.Attributes.Transactional() && abortedBy[b.ProducerID]
+		}
 		for {
 			rec, err := b.ReadRecord()
 			if errors.Is(err, io.EOF) {
@@ -339,10 +367,14 @@ func (p *Processor) deliverPartition(ctx context.Context, pt *partition, rp *fet
 				closeRecord(rec)
 				continue
 			}
-			if control {
-				// Transaction markers take an offset but are not events: pass over them (and
-				// let the commit point pass them too).
-				closeRecord(rec)
+			if control || skip {
+				// Transaction markers and aborted records take offsets but are not events:
+				// pass over them (and let the commit point pass them too).
+				if !control {
+					closeRecord(rec)
+				} else if cr, err := protocol.ReadControlRecord(rec); err == nil && cr.Type == controlAbort {
+					delete(abortedBy, producer)
+				}
 				pt.tracker.add(rec.Offset).finish()
 				pt.next = rec.Offset + 1
 				continue

@@ -141,8 +141,9 @@ func TestCommittedOffsetBelowLogStartResumesAtLogStart(t *testing.T) {
 	}
 }
 
-// Events written in Kafka transactions come with commit markers, which take offsets but are no
-// events: they are passed over, and the committed offset reaches the end of the log.
+// Events written in Kafka transactions come with commit and abort markers, which take offsets
+// but are no events: they are passed over, and the committed offset reaches the end of the log.
+// The events of an aborted transaction never happened: they get no notification.
 func TestTransactionMarkersAreSkippedAndCommittedPast(t *testing.T) {
 	h := newHarness(t, wechatsim.Config{})
 	cl, err := kgo.NewClient(kgo.SeedBrokers(h.broker), kgo.TransactionalID("wxnotify-test-tx"),
@@ -154,7 +155,7 @@ func TestTransactionMarkersAreSkippedAndCommittedPast(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	var all []kafka.Message
-	for tx := range 3 {
+	for tx := range 4 {
 		if err := cl.BeginTransaction(); err != nil {
 			t.Fatal(err)
 		}
@@ -164,10 +165,13 @@ func TestTransactionMarkersAreSkippedAndCommittedPast(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if err := cl.EndTransaction(ctx, kgo.TryCommit); err != nil {
+		commit := tx != 1 // the second transaction is aborted
+		if err := cl.EndTransaction(ctx, kgo.TransactionEndTry(commit)); err != nil {
 			t.Fatal(err)
 		}
-		all = append(all, batch...)
+		if commit {
+			all = append(all, batch...)
+		}
 	}
 	r := h.start()
 	defer h.stop(r)
