@@ -21,15 +21,14 @@ import (
 //
 // kafka-go's Reader fetches one partition per request, each over its own connection. At a steady
 // 1,000 events/s over 8 partitions nearly every event then paid for a fetch round trip of its
-// own and two goroutine hand-offs (about a fifth of the processor's CPU in
-// `wxbench -mode steady`). Here one request asks a leader broker for every assigned partition it
+// own and two goroutine hand-offs (~14% of the processor's CPU in `wxbench -mode steady`). Here one request asks a leader broker for every assigned partition it
 // leads, and while records keep arriving the broker is asked to gather them for FetchLinger
 // before it answers; when a fetch comes back empty the next one long-polls instead, so an idle
 // processor sends about two fetches a second per broker rather than polling.
 
 const (
-	// fetchMaxBytes bounds one fetch response (all partitions): with MaxInFlight events, the
-	// memory a partition fetch may hold. A record batch bigger than this is still returned
+	// fetchMaxBytes bounds one fetch response (all partitions): besides the MaxInFlight
+	// events, the most memory a fetch loop holds. A record batch bigger than this is still returned
 	// whole when it comes first (Kafka's rule), so no record is ever too big to fetch.
 	fetchMaxBytes = 2 << 20
 	// fetchPartitionMaxBytes bounds one partition's share, so one partition's backlog does not
