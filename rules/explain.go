@@ -14,15 +14,13 @@ import (
 // whyFalse explains a false `when`: the first top-level conjunct (of a && b && ...) that is
 // false for ev, with the values of the event paths it reads. Tooling only: it compiles the
 // conjuncts on every call.
-func (r *Rule) whyFalse(s *Set, ev Event) string {
+func (r *Rule) whyFalse(s *Set, st *state, ev Event) string {
 	// The source, not r.when.Node(): the compiled tree has been rewritten by pathPatch.
 	tree, err := parser.Parse(r.When)
 	if err != nil {
 		return ": " + r.When
 	}
 	conj := splitAnd(tree.Node, nil)
-	st := s.getState(ev, Meta{})
-	defer putState(st)
 	for _, c := range conj {
 		src := c.String()
 		prog, err := expr.Compile(src, append(slices.Clip(s.exprOpts), expr.AsBool())...)

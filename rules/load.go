@@ -407,6 +407,10 @@ func (p *fileParser) keyExpr(r *Rule, v *yaml.Node, field, s string) *keyExpr {
 		if prog == nil {
 			return nil
 		}
+		if t := prog.Node().Type(); t != nil && !textType(t) {
+			p.add(r, v, field, fmt.Sprintf("%s gives %s, want a string", s, t))
+			return nil
+		}
 		return &keyExpr{field: field, parts: []part{{prog: prog, src: s}}}
 	}
 	parts, ok := p.compileTemplate(r, v, field, nil)

@@ -313,6 +313,18 @@ r.yaml:10:33: rule "r1": throttle.burst: unknown field (known: max, per, key)`,
 r.yaml:8:50: rule "r1": throttle.key: expected name`,
 		},
 		{
+			name: "key expression that is not text",
+			yaml: `rules:
+  - name: r1
+    when: "true"
+    account: weapp
+    api: template.send
+    message: {touser: a, template_id: b, data: {}}
+    dedupe: {key: "{'a': 1}", window: 1h}
+`,
+			want: `r.yaml:7:19: rule "r1": dedupe.key: {'a': 1} gives map[string]interface {}, want a string`,
+		},
+		{
 			name: "bad quiet_hours",
 			yaml: `rules:
   - name: r1
@@ -566,6 +578,22 @@ func TestRuleOptions(t *testing.T) {
 		}
 		if got := q.NextEnd(at).Format(time.RFC3339); got != c.next {
 			t.Errorf("NextEnd(%s) = %s, want %s", c.utc, got, c.next)
+		}
+	}
+
+	// The end is a wall-clock time on daylight-saving days too.
+	ny, err := time.LoadLocation("America/New_York")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := &QuietHours{Start: 22 * time.Hour, End: 9 * time.Hour, Zone: ny}
+	for _, c := range []struct{ at, next string }{
+		{"2026-03-08T03:30:00-04:00", "2026-03-08T09:00:00-04:00"}, // clocks went forward at 02:00
+		{"2026-11-01T01:30:00-05:00", "2026-11-01T09:00:00-05:00"}, // clocks went back at 02:00
+	} {
+		at, _ := time.Parse(time.RFC3339, c.at)
+		if got := dst.NextEnd(at).Format(time.RFC3339); got != c.next {
+			t.Errorf("NextEnd(%s) in New York = %s, want %s", c.at, got, c.next)
 		}
 	}
 

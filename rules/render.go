@@ -168,7 +168,7 @@ func (s *Set) Explain(ev Event, meta Meta) []Explanation {
 		case err != nil:
 			x.Reason = "when " + err.(*FieldError).Msg
 		case !ok:
-			x.Reason = "when is false" + r.whyFalse(s, ev)
+			x.Reason = "when is false" + r.whyFalse(s, st, ev)
 		default:
 			x.Matched = true
 			x.Notification = r.render(st, meta)

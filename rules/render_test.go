@@ -240,9 +240,14 @@ func TestExplain(t *testing.T) {
     account: weapp
     api: subscribeMessage.send
     message: {touser: "${event.user.openid}", template_id: T, data: {thing1: {value: "${event.shop.address}"}}}
+  - name: orders-topic
+    when: kafka.topic == "orders" && event.type == "shipment.sent"
+    account: weapp
+    api: subscribeMessage.send
+    message: {touser: x, template_id: T, data: {}}
 `)
 	ev := readEvent(t, "order-paid.json")
-	xs := s.Explain(ev, Meta{})
+	xs := s.Explain(ev, Meta{Topic: "orders"})
 	want := []struct {
 		matched bool
 		reason  string
@@ -251,6 +256,9 @@ func TestExplain(t *testing.T) {
 		{false, `when is false: event.type == "shipment.sent" (event.type = "order.paid")`},
 		{false, "when failed: index out of range: 5 (array length is 1)"},
 		{true, ""},
+		// The reason names the conjunct that is false for this record, not one that reads
+		// the record's Kafka coordinates as empty.
+		{false, `when is false: event.type == "shipment.sent" (event.type = "order.paid")`},
 	}
 	if len(xs) != len(want) {
 		t.Fatalf("got %d explanations", len(xs))

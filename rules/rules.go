@@ -227,9 +227,11 @@ func (q *QuietHours) Contains(t time.Time) bool {
 func (q *QuietHours) NextEnd(t time.Time) time.Time {
 	l := t.In(q.Zone)
 	y, mo, d := l.Date()
-	e := time.Date(y, mo, d, 0, 0, 0, 0, q.Zone).Add(q.End)
+	// The end is a wall-clock time (as Contains reads it): build it from the date, not as an
+	// elapsed time since midnight, which is off by an hour on a daylight-saving change.
+	e := time.Date(y, mo, d, 0, 0, 0, int(q.End), q.Zone)
 	if !e.After(t) {
-		e = time.Date(y, mo, d+1, 0, 0, 0, 0, q.Zone).Add(q.End)
+		e = time.Date(y, mo, d+1, 0, 0, 0, int(q.End), q.Zone)
 	}
 	return e
 }
