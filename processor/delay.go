@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"time"
 
@@ -130,7 +129,8 @@ func (p *Processor) holdDelayed(gctx context.Context, pt *partition, msg kafka.M
 	ev := &event{p: p, pt: pt, msg: msg, slot: pt.tracker.add(msg.Offset), start: p.cfg.Now()}
 	rec, err := decodeDelayed(msg)
 	if err != nil {
-		ev.id = pt.topic + "/" + strconv.Itoa(pt.id) + "/" + strconv.FormatInt(msg.Offset, 10)
+		meta := rules.Meta{Topic: pt.topic, Partition: pt.id, Offset: msg.Offset}
+		ev.id = meta.ID()
 		ev.delayed = &delayedRecord{}
 		p.deadLetter(ev, "undecodable", err)
 		return

@@ -175,8 +175,11 @@ func (p *Processor) position(ctx context.Context, parts []*partition) error {
 				po = &res.Topics[pt.topic][i]
 			}
 		}
-		if po == nil || po.Error != nil {
-			return fmt.Errorf("list offsets of %s/%d: %v", pt.topic, pt.id, po)
+		switch {
+		case po == nil:
+			return fmt.Errorf("list offsets of %s/%d: no answer for the partition", pt.topic, pt.id)
+		case po.Error != nil:
+			return fmt.Errorf("list offsets of %s/%d: %w", pt.topic, pt.id, po.Error)
 		}
 		from, to := pt.next, po.FirstOffset
 		if from < 0 || from > po.FirstOffset {

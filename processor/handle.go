@@ -41,17 +41,15 @@ func (p *Processor) handle(pt *partition, msg kafka.Message) {
 		p.deadLetter(ev, "undecodable", err)
 		return
 	}
-	ev.id = decoded.ID()
-	if ev.id == "" {
-		ev.id = pt.topic + "/" + strconv.Itoa(pt.id) + "/" + strconv.FormatInt(msg.Offset, 10)
-	}
+	meta := rules.Meta{EventID: decoded.ID(), Topic: pt.topic, Partition: pt.id, Offset: msg.Offset, Key: msg.Key, Time: msg.Time}
+	meta.EventID = meta.ID()
+	ev.id = meta.EventID
 	ev.time = msg.Time
 	if t, ok := decoded.OccurredAt(); ok {
 		ev.time = t
 	}
 	set := p.rules.Current()
 	ev.version = set.Version
-	meta := rules.Meta{EventID: ev.id, Topic: pt.topic, Partition: pt.id, Offset: msg.Offset, Key: msg.Key, Time: msg.Time}
 	// The notifications are copied into their tasks or finished before handle returns, so one
 	// buffer per partition serves every event.
 	notes := set.Evaluate(decoded, meta, pt.notes[:0])

@@ -500,14 +500,23 @@ func (d *fastDecoder) number() (any, bool) {
 
 // Meta is where an event came from in Kafka, the `kafka` of rule expressions.
 type Meta struct {
-	// EventID identifies the event for idempotency keys: its event_id, or "topic/partition/offset"
-	// when it has none. The caller resolves it.
+	// EventID identifies the event for idempotency keys: its event_id; when empty, ID uses the
+	// record's coordinates.
 	EventID   string
 	Topic     string
 	Partition int
 	Offset    int64
 	Key       []byte
 	Time      time.Time
+}
+
+// ID is the event's identity: EventID, else "topic/partition/offset" (unique per record, and the
+// same when the record is read again).
+func (m *Meta) ID() string {
+	if m.EventID != "" {
+		return m.EventID
+	}
+	return m.Topic + "/" + strconv.Itoa(m.Partition) + "/" + strconv.FormatInt(m.Offset, 10)
 }
 
 // exprEnv is the typed environment every expression compiles against. A struct (not a map)

@@ -231,7 +231,7 @@ func (r *Rule) render(st *state, meta Meta) Notification {
 				err = fieldError(o.path, o.parts[0].src, err)
 			}
 		case opClientMsgID:
-			st.text = append(append(append(st.text[:0], meta.EventID...), '/'), r.Name...)
+			st.text = append(append(append(st.text[:0], meta.ID()...), '/'), r.Name...)
 			sum := sha256.Sum256(st.text)
 			buf = append(buf, "wxn-"...)
 			buf = hex.AppendEncode(buf, sum[:12])

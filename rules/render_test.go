@@ -216,6 +216,13 @@ func TestClientMsgID(t *testing.T) {
 	if got := string(a[2].Body); got != `{"touser":"u","template_id":"T","data":{},"client_msg_id":"mine-e-000001"}` {
 		t.Errorf("explicit client_msg_id: %s", got)
 	}
+	// Without an event id, the record's coordinates tell two events apart.
+	noID := mustEvent(t, `{}`)
+	at1 := s.Evaluate(noID, Meta{Topic: "orders", Partition: 1, Offset: 7}, nil)
+	at2 := s.Evaluate(noID, Meta{Topic: "orders", Partition: 1, Offset: 8}, nil)
+	if bytes.Equal(at1[0].Body, at2[0].Body) {
+		t.Errorf("two events without event_id share a client_msg_id: %s", at1[0].Body)
+	}
 }
 
 func TestExplain(t *testing.T) {

@@ -315,9 +315,7 @@ func (p *parser) parseCase(n *yaml.Node, path string) *Case {
 	if kn := vals["kafka"]; kn != nil {
 		p.parseKafka(kn, path+".kafka", &c.Meta)
 	}
-	if c.Meta.EventID == "" {
-		c.Meta.EventID = c.Meta.Topic + "/" + strconv.Itoa(c.Meta.Partition) + "/" + strconv.FormatInt(c.Meta.Offset, 10)
-	}
+	c.Meta.EventID = c.Meta.ID()
 	p.parseExpect(vals["expect"], path+".expect", c)
 	return c
 }
