@@ -50,7 +50,8 @@ const (
 
 // fetchEvents reads the generation's events partitions until gctx ends, with one fetch loop
 // per leader broker. A leader change, an unreachable broker or a partition error ends every
-// loop; after a backoff the partitions are grouped by the (refreshed) leaders again, each
+// loop; after a backoff the partitions are grouped again by the leaders in the client's metadata
+// cache (refreshed every second, see brokerClient), each
 // resuming at the offset after the last record it handed on.
 func (p *Processor) fetchEvents(gctx context.Context, parts []*partition) {
 	if len(parts) == 0 {
@@ -114,7 +115,7 @@ func (p *Processor) groupByLeader(ctx context.Context, parts []*partition) ([][]
 	for _, pt := range parts {
 		topics[pt.topic] = true
 	}
-	meta, err := p.kclient.Metadata(ctx, &kafka.MetadataRequest{Topics: slices.Sorted(maps.Keys(topics))})
+	meta, err := p.client.Metadata(ctx, &kafka.MetadataRequest{Topics: slices.Sorted(maps.Keys(topics))})
 	if err != nil {
 		return nil, fmt.Errorf("metadata: %w", err)
 	}
@@ -164,7 +165,7 @@ func (p *Processor) position(ctx context.Context, parts []*partition) error {
 	if len(todo) == 0 {
 		return nil
 	}
-	res, err := p.kclient.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: req})
+	res, err := p.client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: req})
 	if err != nil {
 		return fmt.Errorf("list offsets: %w", err)
 	}
@@ -196,6 +197,7 @@ func (p *Processor) position(ctx context.Context, parts []*partition) error {
 			case <-ctx.Done():
 				return ctx.Err()
 			}
+			pt.tracker.reset(to)
 			pt.rewound.Store(true)
 		}
 		pt.next = to
@@ -236,7 +238,7 @@ func (p *Processor) fetchLoop(ctx context.Context, parts []*partition) error {
 		}
 		req.MaxWaitTime = int32(wait / time.Millisecond)
 		rctx, cancel := context.WithTimeout(ctx, wait+fetchTimeout)
-		m, err := p.kclient.Transport.RoundTrip(rctx, addr, req)
+		m, err := p.client.Transport.RoundTrip(rctx, addr, req)
 		cancel()
 		p.metrics.fetches.Inc()
 		if err != nil {
@@ -298,7 +300,7 @@ func (p *Processor) deliver(ctx context.Context, res *fetchapi.Response, byID ma
 		for pi := range t.Partitions {
 			rp := &t.Partitions[pi]
 			pt := byID[t.Topic][rp.Partition]
-			if pt == nil {
+			if pt == nil || ctx.Err() != nil {
 				continue
 			}
 			if rp.ErrorCode != 0 {
@@ -380,6 +382,10 @@ func (p *Processor) deliverPartition(ctx context.Context, pt *partition, rp *fet
 				pt.tracker.add(rec.Offset).finish()
 				pt.next = rec.Offset + 1
 				continue
+			}
+			if ctx.Err() != nil { // revoked: hand nothing more on (a ready budget would race it)
+				closeRecord(rec)
+				return got, nil
 			}
 			if !*held {
 				select {

@@ -32,7 +32,6 @@ type event struct {
 // handle evaluates one record and starts its notifications. It runs on the partition's fetch
 // goroutine, so records of a partition enter the scheduler in offset order.
 func (p *Processor) handle(pt *partition, msg kafka.Message) {
-	pt.hwm.Store(msg.HighWaterMark)
 	pt.countConsumed(p.metrics)
 	ev := &event{p: p, pt: pt, msg: msg, slot: pt.tracker.add(msg.Offset), start: p.cfg.Now()}
 
@@ -214,6 +213,7 @@ func (ev *event) acked(err error) {
 	if ev.lost.Load() {
 		// The writer closed before the broker acknowledged an outcome: leave the offset
 		// uncommitted so the next owner redoes the event, but give back the budget.
+		ev.slot.abandon()
 		ev.release()
 		return
 	}

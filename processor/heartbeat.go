@@ -2,6 +2,7 @@ package processor
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -21,9 +22,19 @@ func (p *Processor) heartbeatWhileDraining(gen *kafka.Generation) (stop func()) 
 		defer t.Stop()
 		for {
 			hctx, hcancel := context.WithTimeout(ctx, p.cfg.HeartbeatInterval)
-			_, err := p.client.Heartbeat(hctx, &kafka.HeartbeatRequest{GroupID: gen.GroupID, GenerationID: gen.ID, MemberID: gen.MemberID})
+			res, err := p.client.Heartbeat(hctx, &kafka.HeartbeatRequest{GroupID: gen.GroupID, GenerationID: gen.ID, MemberID: gen.MemberID})
 			hcancel()
-			if err != nil && ctx.Err() == nil {
+			if err == nil {
+				err = res.Error // the coordinator's answer
+			}
+			switch {
+			case err == nil || errors.Is(err, kafka.RebalanceInProgress) || ctx.Err() != nil:
+			case errors.Is(err, kafka.UnknownMemberId) || errors.Is(err, kafka.IllegalGeneration):
+				// Evicted after all: the partitions are someone else's now, so the work still
+				// draining will be redone there. Heartbeating on cannot change that.
+				p.log.WithError(err).WithField("generation", gen.ID).Warn("the group dropped this member while its revoked partitions drained; their unfinished work will be redone")
+				return
+			default:
 				p.log.WithError(err).WithField("generation", gen.ID).Debug("heartbeat while draining")
 			}
 			select {
@@ -40,20 +51,19 @@ func (p *Processor) heartbeatWhileDraining(gen *kafka.Generation) (stop func()) 
 }
 
 // brokerClient builds a client with the dialer's TLS and SASL settings, on a transport of its
-// own: for group requests outside kafka-go's ConsumerGroup, and for event fetches.
+// own. Its metadata cache, which the fetcher groups partitions by, refreshes every second
+// (kafka-go's default is 6s): the cache is the only view of a moved leader.
 func brokerClient(brokers []string, d *kafka.Dialer) *kafka.Client {
-	tr := &kafka.Transport{}
+	tr := &kafka.Transport{MetadataTTL: time.Second}
 	if d != nil {
 		tr.TLS, tr.SASL, tr.ClientID = d.TLS, d.SASLMechanism, d.ClientID
 	}
 	return &kafka.Client{Addr: kafka.TCP(brokers...), Transport: tr}
 }
 
-// closeIdle closes the clients' pooled connections.
-func closeIdle(clients ...*kafka.Client) {
-	for _, c := range clients {
-		if t, ok := c.Transport.(*kafka.Transport); ok {
-			t.CloseIdleConnections()
-		}
+// closeIdle closes the client's pooled connections.
+func closeIdle(c *kafka.Client) {
+	if t, ok := c.Transport.(*kafka.Transport); ok {
+		t.CloseIdleConnections()
 	}
 }

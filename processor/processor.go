@@ -168,8 +168,9 @@ type Processor struct {
 	sendCtx     context.Context
 	joined      atomic.Bool
 	warn        *logLimiter
-	client      *kafka.Client // group heartbeats while draining
-	kclient     *kafka.Client // event fetches, metadata and offset lookups (fetch.go)
+	// client sends what kafka-go's ConsumerGroup does not: event fetches, metadata and offset
+	// lookups (fetch.go), and heartbeats while draining (heartbeat.go).
+	client *kafka.Client
 }
 
 // New builds a Processor. Metrics are registered on reg.
@@ -201,8 +202,13 @@ func (p *Processor) Joined() bool { return p.joined.Load() }
 // Publisher after Run returns.
 func (p *Processor) Run(ctx context.Context) error {
 	sendCtx, cancelSends := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancelSends()
-	defer p.sched.close()
+	defer func() {
+		// Sends abandoned by the drain stop, and the workers that ran them exit, before Run
+		// returns: the caller closes the Publisher next.
+		cancelSends()
+		p.sched.close()
+		p.sched.wait()
+	}()
 	p.sendCtx = sendCtx
 
 	if err := p.ensureTopics(ctx); err != nil {
@@ -213,8 +219,7 @@ func (p *Processor) Run(ctx context.Context) error {
 		topics = append(slices.Clip(topics), p.cfg.DelayTopic)
 	}
 	p.client = brokerClient(p.cfg.Brokers, p.cfg.Dialer)
-	p.kclient = brokerClient(p.cfg.Brokers, p.cfg.Dialer)
-	defer closeIdle(p.client, p.kclient)
+	defer closeIdle(p.client)
 	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
 		ID:                p.cfg.GroupID,
 		Brokers:           p.cfg.Brokers,

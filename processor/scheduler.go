@@ -31,9 +31,10 @@ type scheduler struct {
 	lanes map[string]*lane
 	free  []*lane
 
-	ready chan *task // unbuffered: a send succeeds only when an idle worker is receiving
-	quit  chan struct{}
-	stop  sync.Once
+	ready   chan *task // unbuffered: a send succeeds only when an idle worker is receiving
+	quit    chan struct{}
+	stop    sync.Once
+	workers sync.WaitGroup
 }
 
 // workerIdle is how long a worker waits for its next task before it exits.
@@ -72,17 +73,22 @@ func (s *scheduler) close() {
 	s.stop.Do(func() { close(s.quit) })
 }
 
+// wait returns once every worker has exited; call it after close.
+func (s *scheduler) wait() { s.workers.Wait() }
+
 // start runs a ready task on an idle worker, or on a new one.
 func (s *scheduler) start(t *task) {
 	select {
 	case s.ready <- t:
 	default:
+		s.workers.Add(1)
 		go s.work(t)
 	}
 }
 
 // work runs t, then whatever tasks are handed to it, until it has been idle for workerIdle.
 func (s *scheduler) work(t *task) {
+	defer s.workers.Done()
 	idle := time.NewTimer(workerIdle)
 	defer idle.Stop()
 	for {

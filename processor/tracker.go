@@ -7,8 +7,9 @@ import "sync"
 //
 // Offsets are added in fetch order (increasing), finished in any order. The commit point never
 // passes an unfinished offset: that is what makes the consumer at-least-once while many events of
-// one partition are in flight. Offsets the broker never handed out (compaction gaps,
-// transaction markers) lie between fetched ones and are passed over, as Kafka consumers do.
+// one partition are in flight. Offsets the broker never handed out (compaction gaps) lie
+// between fetched ones and are passed over, as Kafka consumers do; transaction markers and
+// aborted records are added and finished at once by the fetcher.
 type tracker struct {
 	mu      sync.Mutex
 	slots   []*slot // unfinished prefix, oldest first; slots[head:] are live
@@ -41,6 +42,14 @@ func (t *tracker) add(offset int64) *slot {
 	t.pending++
 	t.mu.Unlock()
 	return s
+}
+
+// reset moves the commit point to offset, which may be lower than the last added one (the log
+// was truncated below it). Call it only with no live slot.
+func (t *tracker) reset(offset int64) {
+	t.mu.Lock()
+	t.next = offset
+	t.mu.Unlock()
 }
 
 // finish marks the slot's work done. Calling it twice is a no-op.
