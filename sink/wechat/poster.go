@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -33,9 +34,10 @@ type poster struct {
 	timeout time.Duration
 	dialer  net.Dialer
 
-	idle  chan *pconn   // idle connections, most recently used last
-	slots chan struct{} // one token per open connection: at most MaxConns
-	reqs  sync.Pool     // request buffers
+	idle   chan *pconn   // idle connections, most recently used last
+	slots  chan struct{} // one token per open connection: at most MaxConns
+	reqs   sync.Pool     // request buffers
+	closed atomic.Bool   // set by close: connections coming back are closed, not pooled
 }
 
 // pconn is one pooled connection.
@@ -165,8 +167,10 @@ func (p *poster) roundTrip(ctx context.Context, pc *pconn, fullURL string, body 
 	n, _ := io.CopyN(io.Discard, resp.Body, 4<<10)
 	resp.Body.Close()
 	a := answer{status: resp.StatusCode, statusText: resp.Status, started: true}
-	if n >= 4<<10 || resp.Close || pc.br.Buffered() > 0 {
-		p.discard(pc) // not reusable: an endless body, the server said close, or stray bytes
+	// A cancellation that raced the end of the call has moved, or is about to move, the
+	// connection's deadline into the past: pooled, it would fail the next caller's send.
+	if n >= 4<<10 || resp.Close || pc.br.Buffered() > 0 || !stop() {
+		p.discard(pc) // not reusable: an endless body, the server said close, stray bytes, or cancelled
 		return a, nil
 	}
 	p.put(pc)
@@ -240,9 +244,16 @@ func (p *poster) dial(ctx context.Context, deadline time.Time) (*pconn, error) {
 }
 
 func (p *poster) put(pc *pconn) {
+	if p.closed.Load() {
+		p.discard(pc)
+		return
+	}
 	pc.used = time.Now()
 	select {
 	case p.idle <- pc:
+		if p.closed.Load() { // close ran meanwhile: do not leave it in the pool
+			p.close()
+		}
 	default: // cannot happen: idle holds as many as there are slots
 		p.discard(pc)
 	}
@@ -255,6 +266,7 @@ func (p *poster) discard(pc *pconn) {
 
 // close closes the idle connections; connections in use close when their call ends.
 func (p *poster) close() {
+	p.closed.Store(true)
 	for {
 		select {
 		case pc := <-p.idle:

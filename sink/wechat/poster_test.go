@@ -233,3 +233,33 @@ func TestPosterTLS(t *testing.T) {
 		t.Errorf("connections = %d, want 2", conns.Load())
 	}
 }
+
+// A send cancelled just as its answer arrives must not hand a poisoned connection (deadline
+// moved into the past by the cancellation) to the next send.
+func TestPosterCancelledSendDoesNotPoisonThePool(t *testing.T) {
+	srv, _ := countingServer(t, func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(`{"errcode":0,"errmsg":"ok"}`))
+	})
+	p := newPoster(srv.URL, 1, 5*time.Second, noProxy) // one connection: every send reuses it
+	defer p.close()
+	failures := 0
+	for i := range 2000 {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { // cancel somewhere around the end of the call
+			time.Sleep(time.Duration(i%100) * 2 * time.Microsecond)
+			cancel()
+			close(done)
+		}()
+		var dst bytes.Buffer
+		_, _ = p.post(ctx, srv.URL+"/a", []byte(`{}`), &dst)
+		<-done
+		dst.Reset()
+		if _, err := p.post(context.Background(), srv.URL+"/b", []byte(`{}`), &dst); err != nil {
+			failures++
+		}
+	}
+	if failures > 0 {
+		t.Errorf("%d of 2000 sends after a cancelled one failed on the pooled connection", failures)
+	}
+}

@@ -53,9 +53,9 @@ func newTokenStore(ttl, grace, window time.Duration) *tokenStore {
 
 // check returns the appid a token is bound to and 0, or the errcode a business API answers.
 func (ts *tokenStore) check(tok string, now time.Time) (string, int) {
-	ts.mu.RLock()
+	ts.mu.RLock() // held through the checks: refetches and invalidations write dead and expires
+	defer ts.mu.RUnlock()
 	info := ts.byToken[tok]
-	ts.mu.RUnlock()
 	switch {
 	case info == nil:
 		return "", wxapi.ErrInvalidCredential
