@@ -106,3 +106,22 @@ func TestTrackerAbandonKeepsCommitPointButDrains(t *testing.T) {
 		t.Fatalf("inFlight after a late finish = %d, want 0", got)
 	}
 }
+
+// After the log was truncated below the handed-out offsets, reset moves the commit point back to
+// where fetching resumes: it must not stay at the old, higher offset.
+func TestTrackerResetMovesTheCommitPointBack(t *testing.T) {
+	tr := newTracker(100)
+	tr.add(100).finish()
+	tr.add(101).finish()
+	if cp := tr.commitPoint(); cp != 102 {
+		t.Fatalf("commit point %d, want 102", cp)
+	}
+	tr.reset(5)
+	if cp := tr.commitPoint(); cp != 5 {
+		t.Errorf("after reset(5) the commit point is %d, want 5", cp)
+	}
+	tr.add(5).finish()
+	if cp := tr.commitPoint(); cp != 6 {
+		t.Errorf("commit point %d, want 6", cp)
+	}
+}
