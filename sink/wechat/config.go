@@ -163,7 +163,7 @@ func (c Config) Validate() error {
 		switch a.TokenSource {
 		case "", SourceStable, SourceClassic:
 			if a.AppID == "" {
-				bad(key+".app_id", "empty")
+				bad(key+".appid", "empty")
 			}
 			if a.Secret == "" {
 				bad(key+".secret", "empty")

@@ -26,7 +26,7 @@ func TestValidate(t *testing.T) {
 	}{
 		{"good", func(*Config) {}, ""},
 		{"empty secret", func(c *Config) { c.Accounts["weapp"] = Account{AppID: "wx1"} }, "wechat.accounts.weapp.secret: empty"},
-		{"empty appid", func(c *Config) { c.Accounts["oa"] = Account{Secret: "s", TokenSource: "classic"} }, "wechat.accounts.oa.app_id: empty"},
+		{"empty appid", func(c *Config) { c.Accounts["oa"] = Account{Secret: "s", TokenSource: "classic"} }, "wechat.accounts.oa.appid: empty"},
 		{"bad source", func(c *Config) { c.Accounts["oa"] = Account{AppID: "a", Secret: "s", TokenSource: "redis"} },
 			`wechat.accounts.oa.token_source: "redis": want stable, classic, url or none`},
 		{"url without url", func(c *Config) { c.Accounts["svc"] = Account{TokenSource: "url"} }, "wechat.accounts.svc.token_url: empty (token_source is url)"},

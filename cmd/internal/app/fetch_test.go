@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -20,67 +19,6 @@ import (
 // The events fetcher (processor/fetch.go) through the whole pipeline: what it must keep under
 // leader moves, a log truncated under the committed offset and transaction markers, and the
 // batching it exists for.
-
-// orderEvents builds n order.paid events; each matches the two order-paid rules.
-func orderEvents(prefix string, n int) []kafka.Message {
-	msgs := make([]kafka.Message, n)
-	for i := range msgs {
-		msgs[i] = event(fmt.Sprintf("%s%04d", prefix, i), "order.paid", fmt.Sprintf("user%d", i%29))
-	}
-	return msgs
-}
-
-// wantOneOutcomeEach checks that each of msgs has exactly one outcome per order-paid rule,
-// among outs, and that nothing else has any.
-func wantOneOutcomeEach(t *testing.T, outs map[string]int, msgs []kafka.Message) {
-	t.Helper()
-	want := map[string]bool{}
-	for _, m := range msgs {
-		var e struct {
-			ID string `json:"event_id"`
-		}
-		if err := json.Unmarshal(m.Value, &e); err != nil {
-			t.Fatal(err)
-		}
-		for _, rule := range []string{"order-paid", "order-paid-subscribe"} {
-			k := e.ID + "/" + rule
-			want[k] = true
-			if n := outs[k]; n != 1 {
-				t.Errorf("%s has %d outcomes, want 1", k, n)
-			}
-		}
-	}
-	for k, n := range outs {
-		if !want[k] {
-			t.Errorf("unexpected outcome(s) for %s: %d", k, n)
-		}
-	}
-}
-
-func (h *harness) outcomeCounts(n int, timeout time.Duration) map[string]int {
-	h.t.Helper()
-	seen := map[string]int{}
-	for _, o := range h.outcomes(n, timeout) {
-		seen[o.EventID+"/"+o.Rule]++
-	}
-	return seen
-}
-
-// counter returns the value of an unlabelled counter.
-func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
-			return mf.GetMetric()[0].GetCounter().GetValue()
-		}
-	}
-	t.Fatalf("no unlabelled counter %s", name)
-	return 0
-}
 
 // Partition leaders move between three brokers while events are consumed: fetches for the
 // moved partitions fail with NOT_LEADER, the fetcher groups the partitions by their new
@@ -205,10 +143,10 @@ func TestFetchesAreBatchedAtSteadyRate(t *testing.T) {
 	r := h.start()
 	defer h.stop(r)
 	waitFor(t, 10*time.Second, "partitions assigned", func() bool {
-		v, _ := gauge(t, r.reg, "wxnotify_assigned_partitions")
+		v, _ := series(t, r.reg, "wxnotify_assigned_partitions")
 		return v > 0
 	})
-	before := counter(t, r.reg, "wxnotify_kafka_fetch_requests_total")
+	before, _ := series(t, r.reg, "wxnotify_kafka_fetch_requests_total")
 	w := &kafka.Writer{Addr: kafka.TCP(h.broker), Topic: "events", Balancer: &kafka.Hash{}, RequiredAcks: kafka.RequireAll,
 		BatchTimeout: time.Millisecond, Transport: &kafka.Transport{}}
 	defer w.Close()
@@ -222,24 +160,12 @@ func TestFetchesAreBatchedAtSteadyRate(t *testing.T) {
 		}
 	}
 	wantOneOutcomeEach(t, h.outcomeCounts(2*len(msgs), 30*time.Second), msgs)
-	fetches := counter(t, r.reg, "wxnotify_kafka_fetch_requests_total") - before
+	after, _ := series(t, r.reg, "wxnotify_kafka_fetch_requests_total")
+	fetches := after - before
 	t.Logf("%d events, %.0f fetches", len(msgs), fetches)
 	if fetches > float64(len(msgs))/4 {
 		t.Errorf("%.0f fetches for %d events written one at a time: want at most one fetch per four events", fetches, len(msgs))
 	}
-}
-
-// restartBroker closes the broker, waits out the outage and starts it again on the same port
-// with the same data directory, as a broker restart does.
-func (h *harness) restartBroker(outage time.Duration) {
-	h.t.Helper()
-	h.cluster.Close()
-	time.Sleep(outage)
-	c, err := kfake.NewCluster(h.kopts...)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	h.cluster = c
 }
 
 // The broker restarts while events are being sent: the fetcher and the outcome writer retry
@@ -259,11 +185,7 @@ func TestBrokerRestartMidStream(t *testing.T) {
 	h.produce("events", more...)
 	all := append(msgs, more...)
 
-	var outs map[string]int
-	waitFor(t, 60*time.Second, "an outcome for every notification", func() bool {
-		outs = h.outcomeCounts(int(sum(h.endOffsets("wxnotify.outcomes"))), 10*time.Second)
-		return len(outs) >= 2*len(all)
-	})
+	outs := h.outcomeCounts(2*len(all), 60*time.Second)
 	dups := 0
 	for _, m := range all {
 		var e struct {
@@ -279,19 +201,16 @@ func TestBrokerRestartMidStream(t *testing.T) {
 			}
 		}
 	}
+	// Every redone notification was sent again and has its own outcome: no send without one.
+	if d := len(h.sim.Deliveries()); d != 2*len(all)+dups {
+		t.Errorf("simulator delivered %d messages for %d notifications and %d duplicate outcomes", d, 2*len(all), dups)
+	}
 	// Redone work: kafka-go's generation connection stays broken after the restart, so commits
-	// fail until the generation ends and what was finished meanwhile is redone (measured: 500-600
-	// of these 800 notifications). Bounded here by the stream, not yet by the in-flight budget:
-	// that is the reliability work's to fix and measure.
+	// fail until the generation ends and what was finished meanwhile is redone (measured: 584-600
+	// of these 800 notifications). Bounded here only by the stream, not by the in-flight budget
+	// the README promises for crashes: that is the reliability work's to fix and measure.
 	if dups > 2*len(all) {
 		t.Errorf("%d duplicate outcomes for %d notifications", dups, 2*len(all))
 	}
-	t.Logf("%d notifications, %d duplicate outcomes, %d deliveries", 2*len(all), dups, len(h.sim.Deliveries()))
-	if testing.Verbose() {
-		for _, l := range strings.Split(h.logBuf.String(), "\n") {
-			if !strings.Contains(l, `"level":"debug"`) {
-				t.Log(l)
-			}
-		}
-	}
+	t.Logf("%d notifications, %d duplicate outcomes", 2*len(all), dups)
 }

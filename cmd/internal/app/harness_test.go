@@ -238,6 +238,81 @@ func (h *harness) outcomes(n int, timeout time.Duration) []processor.Outcome {
 	return out
 }
 
+// orderEvents builds n order.paid events; each matches the two order-paid rules.
+func orderEvents(prefix string, n int) []kafka.Message {
+	msgs := make([]kafka.Message, n)
+	for i := range msgs {
+		msgs[i] = event(fmt.Sprintf("%s%04d", prefix, i), "order.paid", fmt.Sprintf("user%d", i%29))
+	}
+	return msgs
+}
+
+// wantOneOutcomeEach checks that each of msgs has exactly one outcome per order-paid rule,
+// among outs, and that nothing else has any.
+func wantOneOutcomeEach(t *testing.T, outs map[string]int, msgs []kafka.Message) {
+	t.Helper()
+	want := map[string]bool{}
+	for _, m := range msgs {
+		var e struct {
+			ID string `json:"event_id"`
+		}
+		if err := json.Unmarshal(m.Value, &e); err != nil {
+			t.Fatal(err)
+		}
+		for _, rule := range []string{"order-paid", "order-paid-subscribe"} {
+			k := e.ID + "/" + rule
+			want[k] = true
+			if n := outs[k]; n != 1 {
+				t.Errorf("%s has %d outcomes, want 1", k, n)
+			}
+		}
+	}
+	for k, n := range outs {
+		if !want[k] {
+			t.Errorf("unexpected outcome(s) for %s: %d", k, n)
+		}
+	}
+}
+
+// outcomeCounts waits for at least n outcomes and then until every events record is committed
+// (so every outcome written for them is acknowledged), and counts all outcome records, late
+// duplicates included, by event id and rule.
+func (h *harness) outcomeCounts(n int, timeout time.Duration) map[string]int {
+	h.t.Helper()
+	h.outcomes(n, timeout)
+	waitFor(h.t, timeout, "commits at the end of the events topic", func() bool {
+		committed := h.committed()
+		for p, end := range h.endOffsets("events") {
+			if max(committed[p], 0) != end {
+				return false
+			}
+		}
+		return true
+	})
+	seen := map[string]int{}
+	for _, m := range h.readUpTo(h.cfg.Kafka.OutcomesTopic, h.endOffsets(h.cfg.Kafka.OutcomesTopic)) {
+		var o processor.Outcome
+		if err := json.Unmarshal(m.Value, &o); err != nil {
+			h.t.Fatalf("outcome is not JSON: %v: %s", err, m.Value)
+		}
+		seen[o.EventID+"/"+o.Rule]++
+	}
+	return seen
+}
+
+// restartBroker closes the broker, waits out the outage and starts it again on the same port
+// with the same data directory, as a broker restart does.
+func (h *harness) restartBroker(outage time.Duration) {
+	h.t.Helper()
+	h.cluster.Close()
+	time.Sleep(outage)
+	c, err := kfake.NewCluster(h.kopts...)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.cluster = c
+}
+
 // committed returns the group's committed offset per partition of the events topic (-1: none).
 func (h *harness) committed() map[int]int64 {
 	h.t.Helper()

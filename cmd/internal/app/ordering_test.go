@@ -198,19 +198,7 @@ func TestRebalanceWhileSending(t *testing.T) {
 		t.Fatalf("the join's rebalance came after %d of %d sends: not while sending", d, 2*events)
 	}
 	h.stop(a) // leaves while sends are in flight: the other member takes every partition
-	outs := h.outcomes(2*events, 60*time.Second)
-	seen := map[string]int{}
-	for _, o := range outs {
-		seen[o.EventID+"/"+o.Rule]++
-	}
-	for k, n := range seen {
-		if n > 1 {
-			t.Errorf("%s has %d outcomes", k, n)
-		}
-	}
-	if len(seen) != 2*events {
-		t.Errorf("%d distinct notifications have outcomes, want %d", len(seen), 2*events)
-	}
+	wantOneOutcomeEach(t, h.outcomeCounts(2*events, 60*time.Second), msgs)
 	if d := len(h.sim.Deliveries()); d != 2*events {
 		t.Errorf("simulator delivered %d messages, want %d", d, 2*events)
 	}

@@ -162,22 +162,7 @@ func TestRestartResumesWithoutLossOrDuplicates(t *testing.T) {
 	h.stop(r1) // mid-stream
 	h.produce("events", batch2...)
 	h.start()
-	outs := h.outcomes(240, 40*time.Second)
-	seen := map[string]int{}
-	for _, o := range outs {
-		seen[o.EventID+"/"+o.Rule]++
-	}
-	for _, m := range append(batch1, batch2...) {
-		var e struct {
-			ID string `json:"event_id"`
-		}
-		_ = json.Unmarshal(m.Value, &e)
-		for _, rule := range []string{"order-paid", "order-paid-subscribe"} {
-			if n := seen[e.ID+"/"+rule]; n != 1 {
-				t.Errorf("%s/%s has %d outcomes, want 1", e.ID, rule, n)
-			}
-		}
-	}
+	wantOneOutcomeEach(t, h.outcomeCounts(240, 40*time.Second), append(batch1, batch2...))
 	if d := len(h.sim.Deliveries()); d != 240 {
 		t.Errorf("simulator delivered %d messages, want 240", d)
 	}

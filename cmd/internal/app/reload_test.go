@@ -40,9 +40,9 @@ func writeFile(t *testing.T, path, content string) {
 	}
 }
 
-// gauge returns the value of a gauge with no labels, or of the single series of a labelled
-// one; label returns that series' label value.
-func gauge(t *testing.T, reg *prometheus.Registry, name string) (value float64, label string) {
+// series returns the value of a gauge or counter with no labels, or of the single series of a
+// labelled one; label returns that series' label value.
+func series(t *testing.T, reg *prometheus.Registry, name string) (value float64, label string) {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
@@ -59,6 +59,9 @@ func gauge(t *testing.T, reg *prometheus.Registry, name string) (value float64, 
 		if l := ms[0].GetLabel(); len(l) > 0 {
 			label = l[0].GetValue()
 		}
+		if c := ms[0].GetCounter(); c != nil {
+			return c.GetValue(), label
+		}
 		return ms[0].GetGauge().GetValue(), label
 	}
 	t.Fatalf("no metric %s", name)
@@ -67,7 +70,7 @@ func gauge(t *testing.T, reg *prometheus.Registry, name string) (value float64, 
 
 func rulesVersion(t *testing.T, r *running) string {
 	t.Helper()
-	_, v := gauge(t, r.reg, "wxnotify_rules_info")
+	_, v := series(t, r.reg, "wxnotify_rules_info")
 	return v
 }
 
@@ -122,10 +125,10 @@ func TestReloadSwitchesRulesBetweenEvents(t *testing.T) {
 	h.produce("events", event("e-1", "order.paid", "u1"))
 	h.outcomes(1, 20*time.Second)
 	v1 := rulesVersion(t, r)
-	if ok, _ := gauge(t, r.reg, "wxnotify_rules_last_reload_successful"); ok != 1 {
+	if ok, _ := series(t, r.reg, "wxnotify_rules_last_reload_successful"); ok != 1 {
 		t.Fatalf("last_reload_successful = %v after startup, want 1", ok)
 	}
-	_, before := gauge(t, r.reg, "wxnotify_rules_last_reload_success_timestamp_seconds")
+	before, _ := series(t, r.reg, "wxnotify_rules_last_reload_success_timestamp_seconds")
 
 	writeFile(t, filepath.Join(dir, "orders.yaml"), reloadRule("v2")) // in place, as `cat >` would
 	v2 := waitForVersionChange(t, r, v1)
@@ -142,8 +145,8 @@ func TestReloadSwitchesRulesBetweenEvents(t *testing.T) {
 	if outs["e-1"].RuleVersion != v1 || outs["e-2"].RuleVersion != v2 {
 		t.Errorf("rule versions %s, %s; want %s, %s", outs["e-1"].RuleVersion, outs["e-2"].RuleVersion, v1, v2)
 	}
-	if ts, _ := gauge(t, r.reg, "wxnotify_rules_last_reload_success_timestamp_seconds"); ts <= 0 || fmt.Sprint(ts) == before {
-		t.Errorf("last_reload_success_timestamp_seconds = %v, not updated", ts)
+	if ts, _ := series(t, r.reg, "wxnotify_rules_last_reload_success_timestamp_seconds"); ts <= before {
+		t.Errorf("last_reload_success_timestamp_seconds = %v after the reload, want later than %v", ts, before)
 	}
 	if !strings.Contains(h.logBuf.String(), `"previous_version":"`+v1+`"`) {
 		t.Error("no log line for the reload")
@@ -164,7 +167,7 @@ func TestReloadRejectsBrokenRulesAndKeepsTheOldSet(t *testing.T) {
 	broken := strings.Replace(reloadRule("v2"), "event.type ==", "event.type ===", 1)
 	writeFile(t, path, broken)
 	waitFor(t, 10*time.Second, "last_reload_successful to drop to 0", func() bool {
-		v, _ := gauge(t, r.reg, "wxnotify_rules_last_reload_successful")
+		v, _ := series(t, r.reg, "wxnotify_rules_last_reload_successful")
 		return v == 0
 	})
 	if got := rulesVersion(t, r); got != v1 {
@@ -182,7 +185,7 @@ func TestReloadRejectsBrokenRulesAndKeepsTheOldSet(t *testing.T) {
 
 	writeFile(t, path, reloadRule("v2"))
 	waitForVersionChange(t, r, v1)
-	if v, _ := gauge(t, r.reg, "wxnotify_rules_last_reload_successful"); v != 1 {
+	if v, _ := series(t, r.reg, "wxnotify_rules_last_reload_successful"); v != 1 {
 		t.Errorf("last_reload_successful = %v after the fix, want 1", v)
 	}
 }
