@@ -425,6 +425,8 @@ func (c *Client) attempt(ctx context.Context, st *apiState, tok *token, body []b
 			o.msg, o.ambiguous = fmt.Sprintf("timeout after %s: %s", c.cfg.Timeout, scrubErr(err)), true
 		case a.started:
 			o.msg, o.ambiguous = "read answer: "+scrubErr(err), true
+		case a.written && !a.staleConn: // e.g. a reset after the request went out
+			o.msg, o.ambiguous = "no answer after the request was sent: "+scrubErr(err)+": the message may have been sent", true
 		default:
 			o.msg = scrubErr(err)
 		}

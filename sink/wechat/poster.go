@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -93,6 +94,10 @@ type answer struct {
 	// started: the status line arrived, so an error after it (reading the body) means WeChat
 	// may have acted on the request.
 	started bool
+	// written: the whole request went out, so WeChat may have acted on it even without an
+	// answer. staleConn: nothing at all came back on a pooled keep-alive connection (a clean
+	// EOF), the sign of a server that had closed it: the request was not acted on.
+	written, staleConn bool
 }
 
 // serves reports whether fullURL is on the poster's host.
@@ -156,7 +161,7 @@ func (p *poster) roundTrip(ctx context.Context, pc *pconn, fullURL string, body 
 
 	resp, err := http.ReadResponse(pc.br, nil)
 	if err != nil {
-		return answer{}, err
+		return answer{written: true, staleConn: !pc.used.IsZero() && errors.Is(err, io.EOF)}, err
 	}
 	_, err = dst.ReadFrom(io.LimitReader(resp.Body, maxBody))
 	if err != nil {
