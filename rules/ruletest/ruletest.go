@@ -530,7 +530,13 @@ func jsonValue(n *yaml.Node) (any, error) {
 			if _, err := json.Marshal(f); err != nil {
 				return nil, fmt.Errorf("line %d: %s has no JSON form", n.Line, n.Value)
 			}
-			return json.Number(strconv.FormatFloat(f, 'g', -1, 64)), nil
+			// Keep it a float: 1.0 written as "1" would decode as an int, and the same event from
+			// Kafka ({"x": 1.0}) decodes as a float (x % 2 fails on one and not the other).
+			s := strconv.FormatFloat(f, 'g', -1, 64)
+			if !strings.ContainsAny(s, ".eE") {
+				s += ".0"
+			}
+			return json.Number(s), nil
 		}
 	}
 	return nil, fmt.Errorf("line %d: unsupported YAML value %q", n.Line, n.Value)

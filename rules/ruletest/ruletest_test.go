@@ -3,6 +3,7 @@ package ruletest_test
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -123,7 +124,10 @@ tests:
 				t.Fatal(err)
 			}
 			res := fx.Run(set)
-			if len(res) != 1 || strings.Join(res[0].Failures, "\n") != strings.Join(tc.want, "\n") {
+			if len(res) != 1 {
+				t.Fatalf("%d results, want 1", len(res))
+			}
+			if strings.Join(res[0].Failures, "\n") != strings.Join(tc.want, "\n") {
 				t.Errorf("failures:\n%s\nwant:\n%s", strings.Join(res[0].Failures, "\n"), strings.Join(tc.want, "\n"))
 			}
 		})
@@ -185,5 +189,29 @@ func TestDiscover(t *testing.T) {
 	}
 	if _, _, err := ruletest.Discover("testdata-none"); err == nil {
 		t.Error("Discover of a missing path: no error")
+	}
+}
+
+// A YAML float in a fixture event stays a float, as the same JSON from Kafka decodes: 1.0 is
+// not the int 1.
+func TestFixtureFloatsStayFloats(t *testing.T) {
+	fx, err := ruletest.Parse("f_test.yaml", []byte(`
+tests:
+  - name: c
+    event: {a: 1.0, b: 1e3, c: 2.5, d: 3}
+    expect: {matched: []}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := rules.DecodeEvent([]byte(`{"a": 1.0, "b": 1e3, "c": 2.5, "d": 3}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := fx.Cases[0].Event.Fields()
+	for k, w := range want.Fields() {
+		if g := got[k]; fmt.Sprintf("%T %v", g, g) != fmt.Sprintf("%T %v", w, w) {
+			t.Errorf("%s: fixture gives %T %v, Kafka's JSON gives %T %v", k, g, g, w, w)
+		}
 	}
 }
