@@ -133,14 +133,19 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 	}
 
 	tokensErr := atomic.Pointer[string]{}
-	go obtainTokens(ctx, client, holder, &tokensErr, log)
+	tokensCtx, stopTokens := context.WithCancel(ctx)
+	tokensDone := make(chan struct{})
+	go func() {
+		defer close(tokensDone)
+		obtainTokens(tokensCtx, client, holder, &tokensErr, log)
+	}()
+	// Joined before the client closes, on every return path.
+	defer func() { stopTokens(); <-tokensDone }()
 
 	ops, opsAddr, err := serveOps(cfg, opts.Listener, reg, func() readiness {
-		r := readiness{GroupJoined: proc.Joined(), RulesVersion: set.Version, RulesLoadedAt: set.LoadedAt.UTC().Format(time.RFC3339)}
-		if cur := holder.Current(); cur != nil {
-			r.RulesVersion, r.RulesLoadedAt = cur.Version, cur.LoadedAt.UTC().Format(time.RFC3339)
-			r.TokensReady = client.Ready(cur.Accounts()...)
-		}
+		cur := holder.Current() // never nil: a set was installed above
+		r := readiness{GroupJoined: proc.Joined(), RulesVersion: cur.Version, RulesLoadedAt: cur.LoadedAt.UTC().Format(time.RFC3339),
+			TokensReady: client.Ready(cur.Accounts()...)}
 		if e := tokensErr.Load(); e != nil && !r.TokensReady {
 			r.Problems = append(r.Problems, *e)
 		}
