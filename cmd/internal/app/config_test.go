@@ -149,6 +149,15 @@ func TestShippedConfigParses(t *testing.T) {
 	if _, err := ParseConfig(raw, env(vars)); err != nil {
 		t.Fatal(err)
 	}
+	// README quotes it as the reference: the quote must not drift from the file.
+	readme, err := os.ReadFile("../../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := string(raw[strings.Index(string(raw), "kafka:\n"):])
+	if !strings.Contains(string(readme), "```yaml\n"+body+"```") {
+		t.Error("README's config block differs from configs/wxnotify.yaml")
+	}
 }
 
 func TestExpandEnv(t *testing.T) {
