@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -96,7 +98,7 @@ func (p *Processor) fetchRound(gctx context.Context, parts []*partition) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := p.fetchLoop(ctx, g); err != nil {
+			if err := p.fetchLoop(ctx, g.addr, g.parts); err != nil {
 				once.Do(func() { first = err; cancel() })
 			}
 		}()
@@ -108,9 +110,15 @@ func (p *Processor) fetchRound(gctx context.Context, parts []*partition) error {
 	return first
 }
 
-// groupByLeader splits parts by the broker that leads them, in the transport's metadata (the
-// view its requests are routed by), and positions partitions that have no offset yet.
-func (p *Processor) groupByLeader(ctx context.Context, parts []*partition) ([][]*partition, error) {
+// leaderGroup is the partitions one broker leads, and its address.
+type leaderGroup struct {
+	addr  string
+	parts []*partition
+}
+
+// groupByLeader splits parts by the broker that leads them, in the client's metadata, and
+// positions partitions that have no offset yet.
+func (p *Processor) groupByLeader(ctx context.Context, parts []*partition) ([]leaderGroup, error) {
 	topics := map[string]bool{}
 	for _, pt := range parts {
 		topics[pt.topic] = true
@@ -139,12 +147,20 @@ func (p *Processor) groupByLeader(ctx context.Context, parts []*partition) ([][]
 		}
 		byLeader[id] = append(byLeader[id], pt)
 	}
+	addrs := make(map[int]string, len(meta.Brokers))
+	for _, b := range meta.Brokers {
+		addrs[b.ID] = net.JoinHostPort(b.Host, strconv.Itoa(b.Port))
+	}
 	if err := p.position(ctx, parts); err != nil {
 		return nil, err
 	}
-	groups := make([][]*partition, 0, len(byLeader))
+	groups := make([]leaderGroup, 0, len(byLeader))
 	for _, id := range slices.Sorted(maps.Keys(byLeader)) {
-		groups = append(groups, byLeader[id])
+		addr, ok := addrs[id]
+		if !ok {
+			return nil, fmt.Errorf("broker %d, which leads partition %s/%d, is not in the metadata", id, byLeader[id][0].topic, byLeader[id][0].id)
+		}
+		groups = append(groups, leaderGroup{addr: addr, parts: byLeader[id]})
 	}
 	return groups, nil
 }
@@ -210,8 +226,17 @@ func (p *Processor) position(ctx context.Context, parts []*partition) error {
 	return nil
 }
 
-// fetchLoop fetches parts (all led by one broker) until ctx ends (nil) or a fetch fails.
-func (p *Processor) fetchLoop(ctx context.Context, parts []*partition) error {
+// fetchLoop fetches parts (all led by the broker at addr) over a connection of its own until
+// ctx ends (nil) or a fetch fails.
+func (p *Processor) fetchLoop(ctx context.Context, addr string, parts []*partition) error {
+	conn, err := p.conns.DialContext(ctx, addr)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("fetch: %w", err)
+	}
+	defer conn.Close()
 	byID := make(map[string]map[int32]*partition, 1)
 	for _, pt := range parts {
 		if byID[pt.topic] == nil {
@@ -220,7 +245,6 @@ func (p *Processor) fetchLoop(ctx context.Context, parts []*partition) error {
 		byID[pt.topic][int32(pt.id)] = pt
 	}
 	req := &fetchapi.Request{ReplicaID: -1, MaxBytes: fetchMaxBytes, SessionID: -1, SessionEpoch: -1, IsolationLevel: readCommitted}
-	addr := kafka.TCP(p.cfg.Brokers...)
 	linger, rotate := false, 0
 	for {
 		// Hold a slot of the in-flight budget before fetching: a full budget stops fetching.
@@ -238,7 +262,7 @@ func (p *Processor) fetchLoop(ctx context.Context, parts []*partition) error {
 		}
 		req.MaxWaitTime = int32(wait / time.Millisecond)
 		rctx, cancel := context.WithTimeout(ctx, wait+fetchTimeout)
-		m, err := p.client.Transport.RoundTrip(rctx, addr, req)
+		m, err := conn.RoundTrip(rctx, req)
 		cancel()
 		p.metrics.fetches.Inc()
 		if err != nil {

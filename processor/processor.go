@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 	"github.com/sirupsen/logrus"
+	"github.com/wxnotify/wxnotify/sink/kafkaconn"
 
 	"github.com/wxnotify/wxnotify/rules"
 	"github.com/wxnotify/wxnotify/sink"
@@ -168,9 +169,11 @@ type Processor struct {
 	sendCtx     context.Context
 	joined      atomic.Bool
 	warn        *logLimiter
-	// client sends what kafka-go's ConsumerGroup does not: event fetches, metadata and offset
+	// client sends what kafka-go's ConsumerGroup does not: metadata and offset
 	// lookups (fetch.go), and heartbeats while draining (heartbeat.go).
 	client *kafka.Client
+	// conns connects each fetch loop to its broker, with client's settings.
+	conns kafkaconn.Dialer
 }
 
 // New builds a Processor. Metrics are registered on reg.
@@ -219,6 +222,7 @@ func (p *Processor) Run(ctx context.Context) error {
 		topics = append(slices.Clip(topics), p.cfg.DelayTopic)
 	}
 	p.client = brokerClient(p.cfg.Brokers, p.cfg.Dialer)
+	p.conns = kafkaconn.FromTransport(p.client.Transport)
 	defer closeIdle(p.client)
 	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
 		ID:                p.cfg.GroupID,
