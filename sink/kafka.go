@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 	"github.com/sirupsen/logrus"
+	"github.com/wxnotify/wxnotify/sink/kafkaconn"
 )
 
 // ErrClosed is reported for a record the writer could not get acknowledged before Close.
@@ -22,10 +23,12 @@ type WriterConfig struct {
 	// Brokers are the bootstrap brokers (required).
 	Brokers []string
 	// BatchTimeout is the linger: how long the first record of a batch waits for more records
-	// bound for the same broker before the batch is sent. Default 2ms; negative: none (a batch
-	// is sent as soon as no request to its broker is in flight). A longer linger sends
-	// fewer requests at low rates but delays every acknowledgement, and with it the commits
-	// that wait for them (the processor commits every 200ms, so a few ms do not matter).
+	// bound for the same broker before the batch is sent. Default (0 or negative): none. A batch
+	// is then sent as soon as no request to its broker is in flight, and the records published
+	// while one is in flight share the next request, so the batches grow with the rate and the
+	// broker's round trip by themselves (as Nagle's algorithm does, and franz-go's default). A
+	// linger sends fewer requests only when the round trip is much shorter than the gaps
+	// between records, and it delays every acknowledgement by itself.
 	BatchTimeout time.Duration
 	// BatchSize is the most records in one produce request, which carries every partition
 	// led by one broker. Default 1000.
@@ -48,9 +51,6 @@ type WriterConfig struct {
 }
 
 func (c *WriterConfig) withDefaults() {
-	if c.BatchTimeout == 0 {
-		c.BatchTimeout = 2 * time.Millisecond
-	}
 	if c.BatchSize <= 0 {
 		c.BatchSize = 1000
 	}
@@ -83,11 +83,12 @@ type Record struct {
 //
 // Records are batched per partition leader: one produce request carries every partition a broker
 // leads (see produce.go), so at a steady low rate the writer sends about one request per broker
-// per BatchTimeout rather than one per partition batch as kafka-go's Writer does.
+// per round trip rather than one per partition batch as kafka-go's Writer does.
 type Writer struct {
 	cfg     WriterConfig
 	addr    net.Addr         // the bootstrap address: the key of the transport's connection pool
 	own     *kafka.Transport // the private transport, closed by Close; nil when cfg gave one
+	dialer  kafkaconn.Dialer // the produce connections' settings: the transport's
 	log     logrus.FieldLogger
 	metrics writerMetrics
 
@@ -100,6 +101,7 @@ type Writer struct {
 	retries       map[*pending]*time.Timer // records waiting to be written again
 	routes        map[string]*route        // by topic: partitions and their leaders
 	brokers       map[int32]*brokerQueue   // records waiting for a produce request, by leader
+	addrs         map[int32]string         // broker addresses, by node id, from the lookups
 	unplaced      []*pending               // records for topics not yet in routes
 	refreshWanted bool                     // a failure suggested the routes are stale
 	lastRefresh   time.Time
@@ -147,6 +149,8 @@ func NewWriter(cfg WriterConfig, reg prometheus.Registerer, log logrus.FieldLogg
 		retries:      make(map[*pending]*time.Timer),
 		routes:       make(map[string]*route),
 		brokers:      make(map[int32]*brokerQueue),
+		addrs:        make(map[int32]string),
+		dialer:       kafkaconn.FromTransport(cfg.Transport),
 		wake:         make(chan struct{}, 1),
 		loopDone:     make(chan struct{}),
 		metrics: writerMetrics{
@@ -282,6 +286,9 @@ func (w *Writer) Close() error {
 		return nil
 	}
 	w.closed = true
+	for _, b := range w.brokers {
+		w.kickLocked(b) // send at once, without waiting for the linger
+	}
 	abandoned := make([]*pending, 0, len(w.retries))
 	for p, t := range w.retries {
 		t.Stop()
@@ -293,9 +300,14 @@ func (w *Writer) Close() error {
 		w.report(p, ErrClosed)
 	}
 	w.signal()
-	<-w.loopDone // the loop returns once nothing is queued
+	<-w.loopDone // the loop returns once no record waits for a route
 	w.sends.Wait()
 	w.wg.Wait()
+	for _, b := range w.brokers {
+		if b.conn != nil {
+			b.conn.Close()
+		}
+	}
 	if w.own != nil {
 		w.own.CloseIdleConnections() // a transport from cfg may be shared: its owner closes it
 	}

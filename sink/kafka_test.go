@@ -198,6 +198,43 @@ func TestWriterBatchesAcrossPartitions(t *testing.T) {
 	}
 }
 
+// Without a linger (the default) a record goes at once when no request to its broker is in
+// flight, and the records published while one is in flight share the next request: against a
+// broker that answers each produce 100ms late, 1 + 40 records take 2 requests, and the first
+// record's acknowledgement waits for no timer.
+func TestWriterWithoutLingerBatchesWhileInFlight(t *testing.T) {
+	w, c := startWriter(t, WriterConfig{}, 1, 8)
+	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		c.SleepControl(func() { time.Sleep(100 * time.Millisecond) })
+		return nil, nil, false
+	})
+	r := newResults()
+	start := time.Now()
+	first := make(chan time.Duration, 1)
+	r.all.Add(1)
+	w.Publish(Record{Topic: "out", Key: []byte("first"), Value: []byte("v")}, func(err error) {
+		r.mu.Lock()
+		r.errs["first"] = append(r.errs["first"], err)
+		r.mu.Unlock()
+		first <- time.Since(start)
+		r.all.Done()
+	})
+	for i := range 40 { // spread over ~40ms, all while the first request is in flight
+		key := fmt.Sprintf("k%d", i)
+		w.Publish(Record{Topic: "out", Key: []byte(key), Value: []byte("v")}, r.done(key))
+		time.Sleep(time.Millisecond)
+	}
+	wait(t, r)
+	allAcked(t, r, 41)
+	if got := testutil.ToFloat64(w.metrics.requests); got != 2 {
+		t.Errorf("%v produce requests, want 2: the first record alone, then the 40 published while it was in flight", got)
+	}
+	if d := <-first; d > time.Second {
+		t.Errorf("the first record was acknowledged after %v; with no linger it goes at once (the broker takes 100ms)", d)
+	}
+}
+
 // A batch is sent once it is full, whatever the linger: BatchSize and BatchBytes cut requests,
 // and a record larger than BatchBytes still goes, alone.
 func TestWriterCutsFullBatches(t *testing.T) {

@@ -6,17 +6,20 @@ package sink
 // spread over many partitions it sends about one request per record, and its per-partition
 // goroutines, request encoding and syscalls cost a quarter of the processor's CPU. Here records
 // accumulate per partition leader and one request carries all of a broker's partitions: at a
-// steady rate the writer sends about one request per broker per BatchTimeout.
+// steady rate the writer sends at most one request per broker per round trip.
 //
-// Only the batching is ours. kafka-go's protocol layer encodes the requests (record batch v2,
-// no compression) and its Transport pools the connections and routes each request to the
-// leader it knows. A multi-partition produce request is routed only when every partition in it
-// has the same leader in the transport's metadata cache ("mismatching leaders" otherwise), so
-// the writer groups records by that same cache: metadata requests are answered from it.
+// Only the batching and the connections are ours. kafka-go's protocol layer encodes the
+// requests (record batch v2, no compression); its Transport keeps the metadata cache the routes
+// are read from. Each broker's produce requests go over a connection the writer owns
+// (sink/kafkaconn), dialed with the Transport's settings: the goroutine that sends a request
+// reads its answer, with no hand-off to a connection goroutine and back.
 //
-// Goroutines: one run loop per Writer (routes, lingers, dispatch) plus one per produce request
-// in flight, at most maxInFlight per broker. Publish only appends to a queue under Writer.mu
-// and wakes the loop when a batch starts or fills.
+// Goroutines: one run loop per Writer (route lookups and refreshes) and, per broker with records
+// queued, at most one sender, started when a batch starts (or by its linger timer, when
+// BatchTimeout is set, or at once when the batch is full or the writer is closing). The sender sends, reads the answer, reports it, and goes on
+// with whatever queued meanwhile, so there is at most one produce request in flight per broker
+// and a partition's records are written in publish order. Publish only appends to a queue under
+// Writer.mu and starts a sender (or arms the linger timer) when a batch starts.
 
 import (
 	"bytes"
@@ -25,7 +28,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -33,12 +39,10 @@ import (
 	"github.com/segmentio/kafka-go/protocol"
 	meta "github.com/segmentio/kafka-go/protocol/metadata"
 	"github.com/segmentio/kafka-go/protocol/produce"
+	"github.com/wxnotify/wxnotify/sink/kafkaconn"
 )
 
 const (
-	// maxInFlight is the most produce requests in flight per broker. kafka-go's transport
-	// runs one request per connection, so each one in flight holds a connection.
-	maxInFlight = 1
 	// produceTimeout is how long the broker may wait for the in-sync replicas (acks=all).
 	produceTimeout = 10 * time.Second
 	// requestTimeout bounds a whole produce round trip: dial, queueing, the broker's wait. A
@@ -82,16 +86,19 @@ func (r *route) equal(o *route) bool {
 
 // brokerQueue is the records waiting for a produce request to one leader.
 type brokerQueue struct {
-	id       int32
-	recs     []*pending
-	bytes    int       // estimated size of recs, without batchOverhead
-	first    time.Time // when recs went from empty to not empty
-	inFlight int
-	spare    []*pending // a slice to reuse for recs, from an answered request
+	id      int32
+	recs    []*pending
+	bytes   int       // estimated size of recs, without batchOverhead
+	first   time.Time // when recs went from empty to not empty
+	sending bool      // a sender is sending or about to: it goes on with what queues meanwhile
+	linger  *time.Timer
+	armed   bool       // linger will start a sender
+	spare   []*pending // a slice to reuse for recs, from an answered request
+	conn    *kafkaconn.Conn
 }
 
-// placeLocked picks rec's partition and queues it for the partition's leader. It reports
-// whether the run loop must wake: a batch started or filled, or the topic needs a lookup.
+// placeLocked picks rec's partition and queues it for the partition's leader, which it makes
+// sure will send it. It reports whether the run loop must wake: the topic needs a lookup.
 func (w *Writer) placeLocked(p *pending) (wake bool, err error) {
 	rt := w.routes[p.rec.Topic]
 	if rt == nil {
@@ -116,11 +123,46 @@ func (w *Writer) placeLocked(p *pending) (wake bool, err error) {
 	b.recs = append(b.recs, p)
 	before := b.bytes
 	b.bytes += p.size
-	if b.inFlight >= maxInFlight {
-		return false, nil // the answer wakes the loop
+	if len(b.recs) == 1 || len(b.recs) == w.cfg.BatchSize ||
+		batchOverhead+before < w.cfg.BatchBytes && batchOverhead+b.bytes >= w.cfg.BatchBytes {
+		w.kickLocked(b) // a batch started or filled
 	}
-	return len(b.recs) == 1 || len(b.recs) == w.cfg.BatchSize ||
-		batchOverhead+before < w.cfg.BatchBytes && batchOverhead+b.bytes >= w.cfg.BatchBytes, nil
+	return false, nil
+}
+
+// kickLocked makes sure b's queued records will be sent: at once when the batch is full or the
+// writer is closing, after the linger otherwise. A sender already at work goes on with them.
+func (w *Writer) kickLocked(b *brokerQueue) {
+	if b.sending || len(b.recs) == 0 {
+		return
+	}
+	if w.closed || w.fullLocked(b) || w.cfg.BatchTimeout <= 0 {
+		if b.armed {
+			if !b.linger.Stop() {
+				return // it fired: its sender is about to start
+			}
+			b.armed = false
+			w.sends.Done()
+		}
+		b.sending = true
+		w.sends.Add(1)
+		go w.sender(b, false)
+		return
+	}
+	if !b.armed {
+		w.armLocked(b, time.Until(b.first.Add(w.cfg.BatchTimeout)))
+	}
+}
+
+// armLocked starts a sender for b after d.
+func (w *Writer) armLocked(b *brokerQueue, d time.Duration) {
+	b.armed = true
+	w.sends.Add(1)
+	if b.linger == nil {
+		b.linger = time.AfterFunc(d, func() { w.sender(b, true) })
+		return
+	}
+	b.linger.Reset(d)
 }
 
 func (w *Writer) fullLocked(b *brokerQueue) bool {
@@ -153,15 +195,15 @@ func (w *Writer) takeLocked(b *brokerQueue) []*pending {
 	return recs // b.first stays: what is left is due no later than it was
 }
 
-// run is the writer's loop: it looks up routes, sends batches whose linger passed or that are
-// full, and returns once Close was called and nothing is queued.
+// run is the writer's loop: it looks up the routes of new topics and refreshes them, and
+// returns once Close was called and no record waits for a route.
 func (w *Writer) run() {
 	defer close(w.loopDone)
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	for {
 		w.syncRoutes()
-		wait, exit := w.dispatch()
+		wait, exit := w.nextLookup()
 		switch {
 		case exit:
 			return
@@ -180,51 +222,66 @@ func (w *Writer) run() {
 	}
 }
 
-// dispatch sends what is due. It returns how long the loop may sleep (-1: until woken, 0: not
-// at all) and whether the loop is done.
-func (w *Writer) dispatch() (wait time.Duration, exit bool) {
+// nextLookup returns how long the loop may sleep (-1: until woken, 0: not at all) and whether
+// the loop is done.
+func (w *Writer) nextLookup() (wait time.Duration, exit bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	now := time.Now()
-	wait = -1
-	queued := false
-	for _, b := range w.brokers {
-		for len(b.recs) > 0 && b.inFlight < maxInFlight {
-			if !w.closed && !w.fullLocked(b) {
-				if due := b.first.Add(w.cfg.BatchTimeout).Sub(now); due > 0 {
-					wait = shorter(wait, due)
-					break
-				}
-			}
-			recs := w.takeLocked(b)
-			b.inFlight++
-			w.sends.Add(1)
-			go w.send(b, recs)
-		}
-		queued = queued || len(b.recs) > 0
-	}
 	if len(w.unplaced) > 0 {
 		return 0, false // published during the last lookup, for another topic
 	}
-	if w.closed && !queued {
+	if w.closed {
 		return 0, true
 	}
+	wait = -1
 	if len(w.routes) > 0 {
 		due := w.lastRefresh.Add(w.refreshEvery)
 		if w.refreshWanted {
 			due = w.lastRefresh.Add(minRefresh)
 		}
-		wait = shorter(wait, max(due.Sub(now), time.Millisecond))
+		wait = max(time.Until(due), time.Millisecond)
 	}
 	return wait, false
 }
 
-// shorter is the shorter of two waits, where -1 means forever.
-func shorter(a, b time.Duration) time.Duration {
-	if a < 0 || b < a {
-		return b
+// sender sends b's queued records, a request at a time, until the queue is empty or the rest
+// may linger. timer tells it was started by b's linger timer.
+func (w *Writer) sender(b *brokerQueue, timer bool) {
+	defer w.sends.Done()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if timer {
+		b.armed = false
+		if b.sending {
+			return // started at once meanwhile
+		}
+		b.sending = true
 	}
-	return a
+	for len(b.recs) > 0 {
+		if !w.closed && !w.fullLocked(b) && w.cfg.BatchTimeout > 0 {
+			if due := time.Until(b.first.Add(w.cfg.BatchTimeout)); due > 0 {
+				w.armLocked(b, due)
+				break
+			}
+		}
+		recs := w.takeLocked(b)
+		addr := w.addrs[b.id]
+		w.mu.Unlock()
+		err := w.send(b, addr, recs)
+		w.mu.Lock()
+		if err != nil && w.closed && len(b.recs) > 0 {
+			// One attempt at Close: the broker just failed a whole request, so the records
+			// queued behind it are not tried too, one request timeout each.
+			abandoned := b.recs
+			b.recs, b.bytes = nil, 0
+			w.mu.Unlock()
+			for _, p := range abandoned {
+				w.report(p, ErrClosed)
+			}
+			w.mu.Lock()
+		}
+	}
+	b.sending = false
 }
 
 // syncRoutes looks up the topics of unplaced records and, when due, re-reads every route.
@@ -251,7 +308,7 @@ func (w *Writer) syncRoutes() {
 		return
 	}
 
-	routes, errs, err := w.lookup(topics)
+	routes, addrs, errs, err := w.lookup(topics)
 
 	var failed []*pending
 	var failedErr []error
@@ -269,6 +326,7 @@ func (w *Writer) syncRoutes() {
 			w.log.WithError(err).Debug("kafka writer: metadata lookup failed")
 		}
 	} else {
+		maps.Copy(w.addrs, addrs)
 		for t, rt := range routes {
 			if old := w.routes[t]; old == nil || !old.equal(rt) {
 				moved = moved || old != nil
@@ -319,20 +377,20 @@ func (w *Writer) syncRoutes() {
 // lookup reads topics' routes. A kafka.Transport answers from its metadata cache, the same view
 // it routes produce requests by. It reads the protocol response rather than kafka.Client's,
 // which reports a partition without a leader as led by broker 0.
-func (w *Writer) lookup(topics []string) (map[string]*route, map[string]error, error) {
+func (w *Writer) lookup(topics []string) (map[string]*route, map[int32]string, map[string]error, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), metadataTimeout)
 	defer cancel()
 	m, err := w.cfg.Transport.RoundTrip(ctx, w.addr, &meta.Request{TopicNames: topics})
 	if err != nil {
-		return nil, nil, fmt.Errorf("metadata: %w", err)
+		return nil, nil, nil, fmt.Errorf("metadata: %w", err)
 	}
 	res, ok := m.(*meta.Response)
 	if !ok {
-		return nil, nil, fmt.Errorf("metadata: unexpected response %T", m)
+		return nil, nil, nil, fmt.Errorf("metadata: unexpected response %T", m)
 	}
-	brokers := make(map[int32]bool, len(res.Brokers))
+	brokers := make(map[int32]string, len(res.Brokers))
 	for _, b := range res.Brokers {
-		brokers[b.NodeID] = true
+		brokers[b.NodeID] = net.JoinHostPort(b.Host, strconv.Itoa(int(b.Port)))
 	}
 	routes := make(map[string]*route, len(topics))
 	errs := make(map[string]error)
@@ -360,7 +418,7 @@ func (w *Writer) lookup(topics []string) (map[string]*route, map[string]error, e
 			rt.leaders[i] = -1
 		}
 		for _, p := range t.Partitions {
-			if p.PartitionIndex >= 0 && brokers[p.LeaderID] {
+			if _, ok := brokers[p.LeaderID]; ok && p.PartitionIndex >= 0 {
 				rt.leaders[p.PartitionIndex] = p.LeaderID
 			}
 		}
@@ -371,7 +429,7 @@ func (w *Writer) lookup(topics []string) (map[string]*route, map[string]error, e
 			errs[t] = fmt.Errorf("metadata for %s: %w", t, kafka.UnknownTopicOrPartition)
 		}
 	}
-	return routes, errs, nil
+	return routes, brokers, errs, nil
 }
 
 // partBatch is one partition's records in a produce request.
@@ -390,10 +448,10 @@ func comparePart(a *partBatch, topic string, partition int32) int {
 	return cmp.Compare(a.partition, partition)
 }
 
-// send writes recs (all led by b) in one produce request and reports the outcome: acked
-// partitions are reported, failed ones retried.
-func (w *Writer) send(b *brokerQueue, recs []*pending) {
-	defer w.sends.Done()
+// send writes recs (all led by b) in one produce request over b's connection to addr and
+// reports the outcome: acked partitions are reported, failed ones retried. It returns the error
+// that failed the whole request, if one did.
+func (w *Writer) send(b *brokerQueue, addr string, recs []*pending) error {
 	// Stable: records of a partition keep their publish order.
 	slices.SortStableFunc(recs, func(x, y *pending) int {
 		if c := strings.Compare(x.rec.Topic, y.rec.Topic); c != 0 {
@@ -405,7 +463,7 @@ func (w *Writer) send(b *brokerQueue, recs []*pending) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 	w.metrics.requests.Inc()
-	m, err := w.cfg.Transport.RoundTrip(ctx, w.addr, req)
+	m, err := w.roundTrip(ctx, b, addr, req)
 	cancel()
 	if err == nil {
 		if res, ok := m.(*produce.Response); ok {
@@ -417,8 +475,8 @@ func (w *Writer) send(b *brokerQueue, recs []*pending) {
 
 	refresh := false
 	if err != nil {
-		// Transport errors, timeouts, and routing failures ("mismatching leaders", no leader)
-		// fail the whole request; any of them may mean stale routes.
+		// Connection errors and timeouts fail the whole request; they may mean the broker
+		// moved or is gone, so the routes are refreshed.
 		refresh = true
 		err = fmt.Errorf("produce to broker %d: %w", b.id, err)
 		for _, p := range recs {
@@ -439,29 +497,37 @@ func (w *Writer) send(b *brokerQueue, recs []*pending) {
 		}
 	}
 
-	var abandoned []*pending
 	w.mu.Lock()
-	b.inFlight--
-	if refresh {
+	if refresh && !w.refreshWanted {
 		w.refreshWanted = true
+		defer w.signal()
 	}
-	if err != nil && w.closed {
-		// One attempt at Close: the broker just failed a whole request, so the records queued
-		// behind it are not tried too, one request timeout each.
-		abandoned = b.recs
-		b.recs, b.bytes = nil, 0
-	}
-	// After an error the transport may still be encoding req (a timed-out context does not
-	// wait for the connection), so only an answered request's slice is reused.
-	if err == nil && b.spare == nil && cap(recs) <= 4*w.cfg.BatchSize {
+	if b.spare == nil && cap(recs) <= 4*w.cfg.BatchSize {
 		clear(recs)
 		b.spare = recs[:0]
 	}
 	w.mu.Unlock()
-	for _, p := range abandoned {
-		w.report(p, ErrClosed)
+	return err
+}
+
+// roundTrip sends req over b's connection, dialing addr first when b has none or it leads
+// elsewhere.
+func (w *Writer) roundTrip(ctx context.Context, b *brokerQueue, addr string, req protocol.Message) (protocol.Message, error) {
+	if addr == "" {
+		return nil, fmt.Errorf("broker %d is not in the metadata", b.id)
 	}
-	w.signal()
+	if b.conn != nil && (b.conn.Addr() != addr || b.conn.Closed()) {
+		b.conn.Close()
+		b.conn = nil
+	}
+	if b.conn == nil {
+		c, err := w.dialer.DialContext(ctx, addr)
+		if err != nil {
+			return nil, err
+		}
+		b.conn = c
+	}
+	return b.conn.RoundTrip(ctx, req)
 }
 
 // buildRequest makes one produce request of recs, sorted by topic and partition, and the
