@@ -91,15 +91,27 @@ func (s *scheduler) work(t *task) {
 	defer s.workers.Done()
 	idle := time.NewTimer(workerIdle)
 	defer idle.Stop()
-	for {
+	for ok := true; ok; t, ok = s.next(idle, time.Now()) {
 		t.job.runTask(t)
-		idle.Reset(workerIdle)
+	}
+}
+
+// next waits for the worker's next task: false once the worker has been idle for workerIdle
+// since its last task ended, or the scheduler closed. The idle timer is not reset after every
+// task (a timer update per event): when it fires early, next waits out the rest.
+func (s *scheduler) next(idle *time.Timer, since time.Time) (*task, bool) {
+	for {
 		select {
-		case t = <-s.ready:
+		case t := <-s.ready:
+			return t, true
 		case <-idle.C:
-			return
+			rest := workerIdle - time.Since(since)
+			if rest <= 0 {
+				return nil, false
+			}
+			idle.Reset(rest)
 		case <-s.quit:
-			return
+			return nil, false
 		}
 	}
 }
