@@ -23,10 +23,12 @@ import (
 //
 // kafka-go's Reader fetches one partition per request, each over its own connection. At a steady
 // 1,000 events/s over 8 partitions nearly every event then paid for a fetch round trip of its
-// own and two goroutine hand-offs (~14% of the processor's CPU in `wxbench -mode steady`). Here one request asks a leader broker for every assigned partition it
-// leads, and while records keep arriving the broker is asked to gather them for FetchLinger
-// before it answers; when a fetch comes back empty the next one long-polls instead, so an idle
-// processor sends about two fetches a second per broker rather than polling.
+// own and two goroutine hand-offs (~14% of the processor's CPU in `wxbench -mode steady`). Here
+// one request asks a leader broker for every assigned partition it leads, and while records keep
+// arriving the broker is asked to gather them for FetchLinger before it answers; when a fetch
+// comes back empty the next one long-polls instead, so an idle processor sends about two fetches
+// a second per broker rather than polling. Each fetch loop owns its connection to its leader
+// (sink/kafkaconn): the loop's goroutine writes the request and reads the answer itself.
 
 const (
 	// fetchMaxBytes bounds one fetch response (all partitions): besides the MaxInFlight

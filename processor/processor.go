@@ -66,8 +66,9 @@ type Config struct {
 	// (default) or kafka.LastOffset.
 	StartOffset int64
 	// Dialer connects to the brokers (TLS, SASL); nil = kafka-go's default dialer. The group
-	// protocol and the delay topic use it directly; event fetches, metadata and offset lookups
-	// go through a kafka.Transport with the same TLS, SASL and client ID.
+	// protocol and the delay topic use it directly; metadata and offset lookups go through a
+	// kafka.Transport with the same TLS, SASL and client ID, and event fetches over connections
+	// dialed with that transport's settings.
 	Dialer *kafka.Dialer
 	// FetchLinger is how long the broker may gather records for a fetch while records keep
 	// arriving (the fetch asks for 256 KiB or FetchLinger, whichever comes first; a fetch that
