@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"github.com/wxnotify/wxnotify/cmd/internal/app"
 )
 
 // tally is what the bench knows per event: when it was produced, how many outcomes came back and
@@ -116,12 +117,7 @@ func field(b, name []byte) []byte {
 // readOutcomes follows every partition of topic from offset 0 until ctx ends, with one
 // connection per partition and no per-record allocation (Batch.Read into a reused buffer).
 func readOutcomes(ctx context.Context, broker, topic string, t *tally, wg *sync.WaitGroup) error {
-	conn, err := kafka.DialContext(ctx, "tcp", broker)
-	if err != nil {
-		return fmt.Errorf("dial kafka: %w", err)
-	}
-	parts, err := conn.ReadPartitions(topic)
-	conn.Close()
+	parts, err := app.TopicPartitions(ctx, broker, topic)
 	if err != nil {
 		return fmt.Errorf("outcomes topic: %w", err)
 	}

@@ -159,12 +159,7 @@ func TestRunCreatesTheDelayTopicAndRefusesAMissingEventsTopic(t *testing.T) {
 	h.start()
 	h.produce("events", event("e-1", "order.paid", "u1"))
 	h.outcomes(2, 20*time.Second)
-	conn, err := kafka.Dial("tcp", h.broker)
-	if err != nil {
-		t.Fatal(err)
-	}
-	parts, err := conn.ReadPartitions("wxnotify.delayed.new")
-	conn.Close()
+	parts, err := TopicPartitions(context.Background(), h.broker, "wxnotify.delayed.new")
 	if err != nil || len(parts) != testPartitions {
 		t.Fatalf("delay topic: %d partitions (err %v), want %d", len(parts), err, testPartitions)
 	}

@@ -254,12 +254,7 @@ func produce(ctx context.Context, broker string, msgs []kafka.Message) error {
 
 // readOutcomes follows every partition of the outcomes topic from the beginning.
 func readOutcomes(ctx context.Context, broker, topic string, out chan<- processor.Outcome, wg *sync.WaitGroup) error {
-	conn, err := kafka.DialContext(ctx, "tcp", broker)
-	if err != nil {
-		return fmt.Errorf("dial kafka: %w", err)
-	}
-	parts, err := conn.ReadPartitions(topic)
-	conn.Close()
+	parts, err := TopicPartitions(ctx, broker, topic)
 	if err != nil {
 		return fmt.Errorf("outcomes topic: %w", err)
 	}
@@ -324,4 +319,18 @@ func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// TopicPartitions returns the partitions of topic, asking the broker at addr.
+func TopicPartitions(ctx context.Context, addr, topic string) ([]kafka.Partition, error) {
+	conn, err := kafka.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("dial kafka: %w", err)
+	}
+	defer conn.Close()
+	parts, err := conn.ReadPartitions(topic)
+	if err != nil {
+		return nil, fmt.Errorf("partitions of %s: %w", topic, err)
+	}
+	return parts, nil
 }

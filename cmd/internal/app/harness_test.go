@@ -181,12 +181,7 @@ func (h *harness) readTopic(topic string, n int, timeout time.Duration) []kafka.
 	h.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	conn, err := kafka.DialContext(ctx, "tcp", h.broker)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	parts, err := conn.ReadPartitions(topic)
-	conn.Close()
+	parts, err := TopicPartitions(ctx, h.broker, topic)
 	if err != nil {
 		h.t.Fatal(err)
 	}
