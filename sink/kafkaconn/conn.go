@@ -31,6 +31,8 @@ import (
 	"github.com/segmentio/kafka-go/protocol/saslauthenticate"
 	"github.com/segmentio/kafka-go/protocol/saslhandshake"
 	"github.com/segmentio/kafka-go/sasl"
+
+	"github.com/wxnotify/wxnotify/sink/rawsock"
 )
 
 // Dialer opens connections to brokers.
@@ -87,6 +89,7 @@ func (d Dialer) DialContext(ctx context.Context, addr string) (*Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dial broker %s: %w", addr, err)
 	}
+	nc = rawsock.Wrap(nc) // see package rawsock: fetches and produces do not wake sysmon
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		nc.Close()

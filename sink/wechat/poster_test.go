@@ -59,6 +59,8 @@ func TestPosterReusesConnectionsAndReadsAnswers(t *testing.T) {
 	if n := conns.Load(); n != 1 {
 		t.Errorf("sequential calls opened %d connections, want 1 (keep-alive)", n)
 	}
+	mu.Lock()
+	defer mu.Unlock()
 	if got[0] != `POST /cgi-bin/message/subscribe/send?access_token=T1 application/json {"touser":"o"}` {
 		t.Errorf("server saw %q", got[0])
 	}

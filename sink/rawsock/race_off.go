@@ -1,0 +1,6 @@
+//go:build linux && !race
+
+package rawsock
+
+func raceReleaseIO(uintptr) {}
+func raceAcquireIO(uintptr) {}
