@@ -28,6 +28,7 @@ type options struct {
 	latency                    time.Duration // simulator latency per send call
 	maxInFlight                int
 	fetchLinger, produceLinger string // "" = the config default
+	procs                      string // processor.procs
 	partitions                 int
 	users                      int
 	rulesDir                   string
@@ -49,28 +50,29 @@ const (
 
 // report is everything a run measured.
 type report struct {
-	opts      options
-	n         int
-	produceD  time.Duration // backlog: writing the backlog (not part of any figure below)
-	window    time.Duration // backlog: processor start -> last outcome; steady: first produce -> last outcome
-	firstOut  time.Duration // processor start -> first outcome
-	mid       time.Duration // 10% -> 90% of events complete
-	midEvents int64
-	procCPU   time.Duration // processor's process over the window
-	benchCPU  time.Duration // split mode: this process (broker, simulator, producer, reader) over the window
-	peakRSS   int64         // processor's process: max sampled VmRSS
-	hwm       int64         // processor's process: VmHWM at exit
-	lat       []time.Duration
-	complete  int64
-	missing   int
-	dupOut    int // events with more outcomes than expected
-	extraOut  int // outcomes beyond expected, summed
-	notSent   int64
-	foreign   int64
-	sim       wechatsim.Summary
-	simErrors int64 // send calls answered with a non-zero errcode or a fault
-	wantSends int   // sends the simulator should have delivered (-1 = unknown: custom rules)
-	stopErr   error
+	opts              options
+	n                 int
+	produceD          time.Duration // backlog: writing the backlog (not part of any figure below)
+	window            time.Duration // backlog: processor start -> last outcome; steady: first produce -> last outcome
+	firstOut          time.Duration // processor start -> first outcome
+	mid               time.Duration // 10% -> 90% of events complete
+	midEvents         int64
+	procCPU           time.Duration // processor's process over the window
+	benchCPU          time.Duration // split mode: this process (broker, simulator, producer, reader) over the window
+	peakRSS           int64         // processor's process: max sampled VmRSS
+	hwm               int64         // processor's process: VmHWM at exit
+	oneP, procSamples int64         // status samples of the processor child at one P, and all of them
+	lat               []time.Duration
+	complete          int64
+	missing           int
+	dupOut            int // events with more outcomes than expected
+	extraOut          int // outcomes beyond expected, summed
+	notSent           int64
+	foreign           int64
+	sim               wechatsim.Summary
+	simErrors         int64 // send calls answered with a non-zero errcode or a fault
+	wantSends         int   // sends the simulator should have delivered (-1 = unknown: custom rules)
+	stopErr           error
 }
 
 func bench(ctx context.Context, o options, stdout, stderr io.Writer) (*report, error) {
@@ -112,10 +114,14 @@ func bench(ctx context.Context, o options, stdout, stderr io.Writer) (*report, e
 	}
 	defer sim.Close()
 
+	if o.inProcess {
+		o.procs = "all" // the bench's own load would steer the processor's Ps
+	}
 	pc := procConfig{
 		Broker: broker, SimURL: sim.URL(), WeappAppID: weappAppID, WeappSecret: weappSecret,
 		MPAppID: mpAppID, MPSecret: mpSecret, MaxInFlight: o.maxInFlight, RulesDir: o.rulesDir,
 		FetchLinger: o.fetchLinger, ProduceLinger: o.produceLinger,
+		Procs:    o.procs,
 		LogLevel: o.logLevel, CPUProfile: o.cpuProfile, MemProfile: o.memProfile,
 	}
 	t := newTally(n)
@@ -173,6 +179,7 @@ func bench(ctx context.Context, o options, stdout, stderr io.Writer) (*report, e
 			return
 		}
 		stopped = true
+		r.oneP, r.procSamples = proc.procs()
 		_, r.hwm, r.stopErr = proc.stop()
 	}
 	defer stopProc()
@@ -401,8 +408,8 @@ func (r *report) print(w io.Writer) {
 	if o.inProcess {
 		where = "everything in one process (CPU and memory below include broker, simulator and bench)"
 	}
-	fmt.Fprintf(w, "\nwxbench: mode=%s events=%d partitions=%d latency=%s max-in-flight=%d users=%d; %s\n",
-		o.mode, r.n, o.partitions, o.latency, o.maxInFlight, o.users, where)
+	fmt.Fprintf(w, "\nwxbench: mode=%s events=%d partitions=%d latency=%s max-in-flight=%d users=%d procs=%s; %s\n",
+		o.mode, r.n, o.partitions, o.latency, o.maxInFlight, o.users, o.procs, where)
 	window := "processor start -> last outcome"
 	if o.mode == "steady" {
 		fmt.Fprintf(w, "  produced at %.0f ev/s for %s\n", o.rate, o.duration)
@@ -423,13 +430,16 @@ func (r *report) print(w io.Writer) {
 		fmt.Fprintf(w, "    + bench process %8s  (broker + simulator + producer + outcome reader: %s)\n", perEv(r.benchCPU), r.benchCPU.Round(time.Millisecond))
 		fmt.Fprintf(w, "    = total         %8s\n", perEv(r.procCPU+r.benchCPU))
 	}
+	if r.procSamples > 0 {
+		fmt.Fprintf(w, "  processor Ps      one P in %d of %d samples (every 250ms; processor.procs: %s)\n", r.oneP, r.procSamples, o.procs)
+	}
 	fmt.Fprintf(w, "  peak RSS          %8d MiB  (max VmRSS sampled every 100ms; VmHWM %d MiB)\n", r.peakRSS>>20, r.hwm>>20)
 	fmt.Fprintf(w, "  event -> outcome  p50 %s  p90 %s  p99 %s  p99.9 %s  max %s  (produce call -> outcome read back)\n",
 		ms(pct(r.lat, .5)), ms(pct(r.lat, .9)), ms(pct(r.lat, .99)), ms(pct(r.lat, .999)), ms(pct(r.lat, 1)))
 	fmt.Fprintf(w, "  deliveries        simulator %d (duplicates %d, error answers %d); outcomes: missing %d, duplicated %d, not sent %d\n",
 		r.sim.Total, len(r.sim.Duplicates), r.simErrors, r.missing, r.dupOut, r.notSent)
-	fmt.Fprintf(w, "result mode=%s events=%d latency=%s eps=%.0f eps_mid=%.0f cpu_ms_per_event=%.4f bench_cpu_ms_per_event=%.4f peak_rss_mib=%d hwm_mib=%d p50_ms=%.1f p99_ms=%.1f missing=%d dup=%d\n",
-		o.mode, r.n, o.latency, eps, float64(r.midEvents)/max(r.mid.Seconds(), 1e-9),
+	fmt.Fprintf(w, "result mode=%s events=%d latency=%s procs=%s eps=%.0f eps_mid=%.0f cpu_ms_per_event=%.4f bench_cpu_ms_per_event=%.4f peak_rss_mib=%d hwm_mib=%d p50_ms=%.1f p99_ms=%.1f missing=%d dup=%d\n",
+		o.mode, r.n, o.latency, o.procs, eps, float64(r.midEvents)/max(r.mid.Seconds(), 1e-9),
 		float64(r.procCPU)/1e6/float64(max(r.complete, 1)), float64(r.benchCPU)/1e6/float64(max(r.complete, 1)),
 		r.peakRSS>>20, r.hwm>>20, float64(pct(r.lat, .5))/1e6, float64(pct(r.lat, .99))/1e6, r.missing, r.dupOut+len(r.sim.Duplicates))
 }

@@ -43,6 +43,7 @@ type procConfig struct {
 	// FetchLinger and ProduceLinger are kafka.fetch_linger and kafka.produce_linger ("": default).
 	FetchLinger, ProduceLinger string
 	RulesDir                   string // "" = the embedded bench rules
+	Procs                      string // processor.procs
 	LogLevel                   string
 	CPUProfile                 string
 	MemProfile                 string
@@ -83,10 +84,11 @@ http:
   addr: "off"
 processor:
   max_in_flight: %d
+  procs: %s
 log:
   level: %s
   format: text
-`, pc.Broker, lingers(pc), pc.SimURL, pc.WeappAppID, pc.MPAppID, pc.RulesDir, pc.MaxInFlight, pc.LogLevel)
+`, pc.Broker, lingers(pc), pc.SimURL, pc.WeappAppID, pc.MPAppID, pc.RulesDir, pc.MaxInFlight, pc.Procs, pc.LogLevel)
 	secrets := map[string]string{"WXBENCH_WEAPP_SECRET": pc.WeappSecret, "WXBENCH_MP_SECRET": pc.MPSecret}
 	cfg, err := app.ParseConfig([]byte(raw), func(k string) (string, bool) { v, ok := secrets[k]; return v, ok })
 	if err != nil {
@@ -115,6 +117,9 @@ type processorHandle interface {
 	mem() (rss, hwm int64)
 	// status returns the processor's in-flight events and assigned partitions (-1 if unknown).
 	status() (inFlight, assigned int)
+	// procs returns how many status samples (every 250ms) the processor's process ran at one P
+	// (processor.procs: adaptive), and how many samples there were (0: not sampled).
+	procs() (oneP, samples int64)
 	// stop shuts the processor down gracefully and waits for it; it returns the final CPU time
 	// and high-water mark of the processor's process.
 	stop() (cpu time.Duration, hwm int64, err error)
@@ -173,6 +178,8 @@ func (p *inProcess) mem() (int64, int64) { return procMem("self") }
 
 func (p *inProcess) status() (int, int) { return p.gauges.read() }
 
+func (p *inProcess) procs() (int64, int64) { return 0, 0 }
+
 func (p *inProcess) stop() (time.Duration, int64, error) {
 	p.cancel()
 	err := <-p.done
@@ -188,6 +195,8 @@ type child struct {
 	pid      string
 	inFlight atomic.Int64
 	assigned atomic.Int64
+	oneP     atomic.Int64 // status samples at GOMAXPROCS 1
+	samples  atomic.Int64
 	final    chan childLine
 	exited   chan error
 }
@@ -197,6 +206,7 @@ type childLine struct {
 	Kind     string `json:"kind"` // "status" or "done"
 	InFlight int    `json:"in_flight"`
 	Assigned int    `json:"assigned"`
+	Procs    int    `json:"procs"` // GOMAXPROCS, in status lines
 	CPUNanos int64  `json:"cpu_ns"`
 	HWM      int64  `json:"hwm"`
 	Err      string `json:"err,omitempty"`
@@ -238,6 +248,12 @@ func startChild(pc procConfig, stderr io.Writer) (*child, error) {
 			}
 			c.inFlight.Store(int64(l.InFlight))
 			c.assigned.Store(int64(l.Assigned))
+			if l.Kind == "status" {
+				c.samples.Add(1)
+				if l.Procs == 1 {
+					c.oneP.Add(1)
+				}
+			}
 			if l.Kind == "done" {
 				c.final <- l
 			}
@@ -252,6 +268,8 @@ func (c *child) cpu() time.Duration { return procCPU(c.pid) }
 func (c *child) mem() (int64, int64) { return procMem(c.pid) }
 
 func (c *child) status() (int, int) { return int(c.inFlight.Load()), int(c.assigned.Load()) }
+
+func (c *child) procs() (int64, int64) { return c.oneP.Load(), c.samples.Load() }
 
 func (c *child) stop() (time.Duration, int64, error) {
 	c.stdin.Close()
@@ -331,7 +349,7 @@ func runChild(pc procConfig, emit func(childLine)) error {
 				return
 			case <-tk.C:
 				in, as := gauges.read()
-				emit(childLine{Kind: "status", InFlight: in, Assigned: as})
+				emit(childLine{Kind: "status", InFlight: in, Assigned: as, Procs: runtime.GOMAXPROCS(0)})
 			}
 		}
 	}()

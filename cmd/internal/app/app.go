@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/segmentio/kafka-go"
 	"github.com/sirupsen/logrus"
 
+	"github.com/wxnotify/wxnotify/cmd/internal/procs"
 	"github.com/wxnotify/wxnotify/processor"
 	"github.com/wxnotify/wxnotify/rules"
 	"github.com/wxnotify/wxnotify/sink"
@@ -165,6 +167,7 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 		"delay_topic": cfg.Kafka.DelayTopic,
 		"wechat":      cfg.WeChat.BaseURL, "accounts": sortedKeys(cfg.WeChat.Accounts), "ops": opsAddr,
 		"max_in_flight": cfg.Processor.MaxInFlight, "dry_run": cfg.Processor.DryRun,
+		"procs": procsMode(cfg), "gomaxprocs": runtime.GOMAXPROCS(0),
 	}).Info("wxnotify started")
 	if opts.Started != nil {
 		opts.Started(opsAddr)
@@ -177,9 +180,20 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 		reloads.run(reloadCtx, opts.Reload)
 	}()
 
+	procsCtx, stopProcs := context.WithCancel(ctx)
+	procsDone := make(chan struct{})
+	go func() {
+		defer close(procsDone)
+		if procsMode(cfg) == ProcsAdaptive {
+			procs.Run(procsCtx, procs.Config{}, reg, log)
+		}
+	}()
+
 	runErr := proc.Run(ctx)
 	stopReloads()
 	<-reloadsDone
+	stopProcs()
+	<-procsDone
 	if err := writer.Close(); err != nil {
 		log.WithError(err).Warn("closing the kafka writer")
 	}
@@ -190,6 +204,14 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 	}
 	log.Info("wxnotify stopped")
 	return runErr
+}
+
+// procsMode is processor.procs as it applies: a GOMAXPROCS environment variable overrides it.
+func procsMode(cfg *Config) string {
+	if v := os.Getenv("GOMAXPROCS"); v != "" {
+		return "GOMAXPROCS=" + v + " (environment)"
+	}
+	return cfg.Processor.Procs
 }
 
 // obtainTokens keeps a token fetched for every account the current rules use, so a

@@ -99,7 +99,17 @@ type ProcessorConfig struct {
 	DryRun         bool          `yaml:"dry_run"`          // everything but the WeChat call
 	MaxDelayed     int           `yaml:"max_delayed"`      // delayed notifications held in memory until their time, default 10000
 	ControlMaxKeys int           `yaml:"control_max_keys"` // dedupe keys, and throttle keys, kept per rule, default 1000000
+	// Procs: adaptive (default) runs the Go scheduler on one P while the process uses under
+	// 0.3 cores and on Go's default (the CPU limit) over 0.6; all keeps Go's default. A
+	// GOMAXPROCS environment variable overrides both.
+	Procs string `yaml:"procs"`
 }
+
+// Values of processor.procs.
+const (
+	ProcsAdaptive = "adaptive"
+	ProcsAll      = "all"
+)
 
 // LogConfig is the `log:` section.
 type LogConfig struct {
@@ -306,6 +316,9 @@ func (c *Config) applyDefaults() {
 	if c.Processor.ControlMaxKeys == 0 {
 		c.Processor.ControlMaxKeys = 1000000
 	}
+	if c.Processor.Procs == "" {
+		c.Processor.Procs = ProcsAdaptive
+	}
 	if c.WeChat.MaxConns == 0 {
 		c.WeChat.MaxConns = c.Processor.MaxInFlight
 	}
@@ -395,6 +408,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Processor.ControlMaxKeys < 1 {
 		bad("processor.control_max_keys: must be at least 1")
+	}
+	if c.Processor.Procs != ProcsAdaptive && c.Processor.Procs != ProcsAll {
+		bad("processor.procs: %q is not %s or %s", c.Processor.Procs, ProcsAdaptive, ProcsAll)
 	}
 	if _, err := time.LoadLocation(c.Rules.Zone); err != nil {
 		bad("rules.zone: %v", err)

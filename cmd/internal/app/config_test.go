@@ -39,6 +39,7 @@ func TestParseConfigDefaultsAndExpansion(t *testing.T) {
 		{"rules.path", cfg.Rules.Path, "rules"},
 		{"rules.zone", cfg.Rules.Zone, "Asia/Shanghai"},
 		{"http.addr", cfg.HTTP.Addr, ":9464"},
+		{"processor.procs", cfg.Processor.Procs, "adaptive"},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s = %q, want %q", c.name, c.got, c.want)
@@ -83,6 +84,8 @@ func TestParseConfigErrorsNameTheKey(t *testing.T) {
 			[]string{"kafka.fetch_linger: 2s is outside 0s to 1s", "kafka.produce_linger: -1ms is outside 0s to 1s"}},
 		{"bad zone", minimalConfig + "rules: {zone: Mars/Olympus}\n", map[string]string{"APPID": "a", "SECRET": "b"},
 			[]string{"rules.zone:"}},
+		{"unknown procs mode", minimalConfig + "processor: {procs: 4}\n", map[string]string{"APPID": "a", "SECRET": "b"},
+			[]string{`processor.procs: "4" is not adaptive or all`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := ParseConfig([]byte(tc.text), env(tc.env))

@@ -114,6 +114,9 @@ func Demo(ctx context.Context, o DemoOptions) error {
 	}}
 	cfg.Processor.CommitInterval = 100 * time.Millisecond
 	cfg.Processor.DrainTimeout = 5 * time.Second
+	// The broker and the simulator share this process: the processor's CPU does not measure
+	// its load, so GOMAXPROCS stays Go's default.
+	cfg.Processor.Procs = ProcsAll
 	cfg.applyDefaults()
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("demo config: %w", err)

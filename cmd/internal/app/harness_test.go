@@ -74,6 +74,7 @@ func newHarness(t *testing.T, simCfg wechatsim.Config, kopts ...kfake.Opt) *harn
 	cfg.HTTP.Addr = "127.0.0.1:0"
 	cfg.Processor.CommitInterval = 50 * time.Millisecond
 	cfg.Processor.DrainTimeout = 5 * time.Second
+	cfg.Processor.Procs = ProcsAll // processors run side by side in this test binary
 	cfg.applyDefaults()
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
