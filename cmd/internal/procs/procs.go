@@ -7,7 +7,7 @@
 // With two or more Ps every wake-up that readies a goroutine also wakes a second OS thread to
 // look for work, which parks again at once; on a VM a context switch costs ~13 µs of CPU. With
 // one P those hand-offs do not happen. Measured with cmd/wxbench at 1,000 events/s (README,
-// Performance), one P used 15–20% less CPU per event at the same latency; under a backlog the
+// Performance), one P used 13–24% less CPU per event at the same latency; under a backlog the
 // process needs the cores, and gets them back within one sampling interval.
 //
 // The package owns GOMAXPROCS while Run runs, and gives it back (runtime.SetDefaultGOMAXPROCS)
