@@ -31,7 +31,8 @@ type scheduler struct {
 	lanes map[string]*lane
 	free  []*lane
 
-	ready   chan *task // unbuffered: a send succeeds only when an idle worker is receiving
+	ready   chan *task    // unbuffered: a send succeeds only when an idle worker is receiving
+	idle    time.Duration // workerIdle; shorter in tests
 	quit    chan struct{}
 	stop    sync.Once
 	workers sync.WaitGroup
@@ -64,7 +65,7 @@ type jobFunc func(*task)
 func (f jobFunc) runTask(t *task) { f(t) }
 
 func newScheduler() *scheduler {
-	return &scheduler{lanes: make(map[string]*lane), ready: make(chan *task), quit: make(chan struct{})}
+	return &scheduler{lanes: make(map[string]*lane), ready: make(chan *task), idle: workerIdle, quit: make(chan struct{})}
 }
 
 // close lets idle workers exit at once, and busy ones after their task, instead of after
@@ -89,15 +90,15 @@ func (s *scheduler) start(t *task) {
 // work runs t, then whatever tasks are handed to it, until it has been idle for workerIdle.
 func (s *scheduler) work(t *task) {
 	defer s.workers.Done()
-	idle := time.NewTimer(workerIdle)
+	idle := time.NewTimer(s.idle)
 	defer idle.Stop()
 	for ok := true; ok; t, ok = s.next(idle, time.Now()) {
 		t.job.runTask(t)
 	}
 }
 
-// next waits for the worker's next task: false once the worker has been idle for workerIdle
-// since its last task ended, or the scheduler closed. The idle timer is not reset after every
+// next waits for the worker's next task: false once the worker has been idle for s.idle since
+// its last task ended, or the scheduler closed. The idle timer is not reset after every
 // task (a timer update per event): when it fires early, next waits out the rest.
 func (s *scheduler) next(idle *time.Timer, since time.Time) (*task, bool) {
 	for {
@@ -105,7 +106,7 @@ func (s *scheduler) next(idle *time.Timer, since time.Time) (*task, bool) {
 		case t := <-s.ready:
 			return t, true
 		case <-idle.C:
-			rest := workerIdle - time.Since(since)
+			rest := s.idle - time.Since(since)
 			if rest <= 0 {
 				return nil, false
 			}

@@ -163,3 +163,36 @@ func deepStack(n int) byte {
 	}
 	return deepStack(n-1) + buf[n%len(buf)]
 }
+
+// TestSchedulerWorkersExitWhenIdle: a worker exits once it has had no task for its idle time,
+// counted from its last task (not from when it started), and not before.
+func TestSchedulerWorkersExitWhenIdle(t *testing.T) {
+	s := newScheduler()
+	s.idle = time.Second
+	ran := make(chan struct{}, 2)
+	run := func(tk *task) {
+		s.done(tk)
+		ran <- struct{}{}
+	}
+	start := time.Now()
+	s.submit(newTask(run, "k"))
+	<-ran
+	time.Sleep(500 * time.Millisecond)
+	s.submit(newTask(run, "k")) // the idle worker takes it: its idle time starts again
+	<-ran
+	exited := make(chan struct{})
+	go func() {
+		s.wait()
+		close(exited)
+	}()
+	select {
+	case <-exited:
+		t.Fatalf("the worker exited %s after it started, though its last task ended at 0.5s", time.Since(start))
+	case <-time.After(time.Until(start.Add(1250 * time.Millisecond))):
+	}
+	select {
+	case <-exited:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the worker was still running 5s after its last task")
+	}
+}
