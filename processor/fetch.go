@@ -216,7 +216,6 @@ func (p *Processor) position(ctx context.Context, parts []*partition) error {
 				return ctx.Err()
 			}
 			pt.tracker.reset(to)
-			pt.rewound.Store(true)
 		}
 		pt.next = to
 		if pt.outOfRange {

@@ -270,12 +270,9 @@ type partition struct {
 	// outOfRange marks an events partition whose offset the broker refused as outside its log:
 	// it is positioned again before the next fetch (fetch goroutine only).
 	outOfRange bool
-	// rewound lets the next commit move the committed offset back, after the log was
-	// truncated below it.
-	rewound   atomic.Bool
-	committed int64                // last committed offset (committer goroutine only)
-	consumed  prometheus.Counter   // the topic's consumed counter (fetch goroutine only)
-	notes     []rules.Notification // handle's buffer (fetch goroutine only)
+	committed  int64                // last committed offset (committer goroutine only)
+	consumed   prometheus.Counter   // the topic's consumed counter (fetch goroutine only)
+	notes      []rules.Notification // handle's buffer (fetch goroutine only)
 }
 
 // countConsumed counts one fetched record; it runs on the partition's fetch goroutine.
@@ -373,8 +370,9 @@ func (p *Processor) commit(gen *kafka.Generation, parts []*partition) {
 		if hwm := pt.hwm.Load(); hwm > 0 && cp >= 0 {
 			p.metrics.lag.WithLabelValues(pt.topic, fmt.Sprint(pt.id)).Set(float64(max(hwm-cp, 0)))
 		}
-		rewound := pt.rewound.Load()
-		if cp < 0 || (cp <= pt.committed && !rewound) || (rewound && cp == pt.committed) {
+		// The commit point only moves back through tracker.reset, after the log was truncated
+		// below it: then the committed offset moves back too.
+		if cp < 0 || cp == pt.committed {
 			continue
 		}
 		if offsets[pt.topic] == nil {
@@ -393,7 +391,6 @@ func (p *Processor) commit(gen *kafka.Generation, parts []*partition) {
 	}
 	for _, pt := range moved {
 		pt.committed = offsets[pt.topic][pt.id]
-		pt.rewound.Store(false)
 	}
 	p.metrics.lastCommit.Set(float64(p.cfg.Now().UnixNano()) / 1e9)
 }

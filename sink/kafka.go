@@ -303,13 +303,16 @@ func (w *Writer) Close() error {
 	<-w.loopDone // the loop returns once no record waits for a route
 	w.sends.Wait()
 	w.wg.Wait()
+	var errs []error
 	for _, b := range w.brokers {
 		if b.conn != nil {
-			b.conn.Close()
+			if err := b.conn.Close(); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	if w.own != nil {
 		w.own.CloseIdleConnections() // a transport from cfg may be shared: its owner closes it
 	}
-	return nil
+	return errors.Join(errs...)
 }

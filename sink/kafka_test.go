@@ -37,22 +37,6 @@ func (r *results) done(key string) func(error) {
 	}
 }
 
-func newWriter(t *testing.T, opts ...kfake.Opt) (*Writer, *kfake.Cluster) {
-	t.Helper()
-	c, err := kfake.NewCluster(append([]kfake.Opt{kfake.NumBrokers(1), kfake.SeedTopics(2, "out")}, opts...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	log := logrus.New()
-	log.SetOutput(io.Discard)
-	w, err := NewWriter(WriterConfig{Brokers: c.ListenAddrs(), RetryBackoff: 20 * time.Millisecond, MaxRetryBackoff: 50 * time.Millisecond}, prometheus.NewRegistry(), log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return w, c
-}
-
 func publish(w *Writer, r *results, n int) {
 	for i := 0; i < n; i++ {
 		key := fmt.Sprintf("k%d", i)
@@ -73,10 +57,9 @@ func wait(t *testing.T, r *results) {
 
 // A write the broker refuses is retried until it is acknowledged; each record is reported once.
 func TestWriterRetriesUntilAcknowledged(t *testing.T) {
-	w, c := newWriter(t)
-	defer w.Close()
+	w, c := startWriter(t, WriterConfig{}, 1, 2)
 	c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "out", Err: kerr.UnknownServerError, Count: 3})
-	r := &results{errs: map[string][]error{}}
+	r := newResults()
 	publish(w, r, 10)
 	wait(t, r)
 	for k, errs := range r.errs {
@@ -95,16 +78,19 @@ func TestWriterRetriesUntilAcknowledged(t *testing.T) {
 // Records still waiting for a retry when the writer closes are reported once, with ErrClosed,
 // so the caller knows not to commit past them.
 func TestWriterCloseReportsUnacknowledgedRecords(t *testing.T) {
-	w, c := newWriter(t)
+	w, c := startWriter(t, WriterConfig{}, 1, 2)
 	c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "out", Err: kerr.UnknownServerError, Count: -1})
-	r := &results{errs: map[string][]error{}}
+	r := newResults()
 	publish(w, r, 5)
 	deadline := time.Now().Add(10 * time.Second)
-	for testutil.ToFloat64(w.metrics.failures.WithLabelValues("out")) < 5 && time.Now().Before(deadline) {
+	for testutil.ToFloat64(w.metrics.failures.WithLabelValues("out")) < 5 {
+		if time.Now().After(deadline) {
+			t.Fatal("the broker's refusals were not counted as failures within 10s")
+		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	if err := w.Close(); err != nil {
-		t.Logf("close: %v", err)
+		t.Errorf("close: %v", err)
 	}
 	wait(t, r)
 	for k, errs := range r.errs {
@@ -116,7 +102,7 @@ func TestWriterCloseReportsUnacknowledgedRecords(t *testing.T) {
 		t.Errorf("%d records reported, want 5", len(r.errs))
 	}
 	// After Close, a publish is refused at once rather than lost.
-	r2 := &results{errs: map[string][]error{}}
+	r2 := newResults()
 	w.Publish(Record{Topic: "out", Value: []byte("late")}, r2.done("late"))
 	wait(t, r2)
 	if !errors.Is(r2.errs["late"][0], ErrClosed) {
@@ -204,8 +190,13 @@ func TestWriterBatchesAcrossPartitions(t *testing.T) {
 // record is acknowledged within a second (a long linger would hold it; a few ms would not show).
 func TestWriterWithoutLingerBatchesWhileInFlight(t *testing.T) {
 	w, c := startWriter(t, WriterConfig{}, 1, 8)
+	inFlight := make(chan struct{}, 1)
 	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
 		c.KeepControl()
+		select {
+		case inFlight <- struct{}{}:
+		default:
+		}
 		c.SleepControl(func() { time.Sleep(100 * time.Millisecond) })
 		return nil, nil, false
 	})
@@ -220,10 +211,10 @@ func TestWriterWithoutLingerBatchesWhileInFlight(t *testing.T) {
 		first <- time.Since(start)
 		r.all.Done()
 	})
-	for i := range 40 { // spread over ~40ms, all while the first request is in flight
+	<-inFlight // the broker holds the first request for 100ms
+	for i := range 40 {
 		key := fmt.Sprintf("k%d", i)
 		w.Publish(Record{Topic: "out", Key: []byte(key), Value: []byte("v")}, r.done(key))
-		time.Sleep(time.Millisecond)
 	}
 	wait(t, r)
 	allAcked(t, r, 41)

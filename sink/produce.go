@@ -442,10 +442,14 @@ type partBatch struct {
 }
 
 func comparePart(a *partBatch, topic string, partition int32) int {
-	if c := strings.Compare(a.topic, topic); c != 0 {
+	return compareTopicPartition(a.topic, a.partition, topic, partition)
+}
+
+func compareTopicPartition(t1 string, p1 int32, t2 string, p2 int32) int {
+	if c := strings.Compare(t1, t2); c != 0 {
 		return c
 	}
-	return cmp.Compare(a.partition, partition)
+	return cmp.Compare(p1, p2)
 }
 
 // send writes recs (all led by b) in one produce request over b's connection to addr and
@@ -454,10 +458,7 @@ func comparePart(a *partBatch, topic string, partition int32) int {
 func (w *Writer) send(b *brokerQueue, addr string, recs []*pending) error {
 	// Stable: records of a partition keep their publish order.
 	slices.SortStableFunc(recs, func(x, y *pending) int {
-		if c := strings.Compare(x.rec.Topic, y.rec.Topic); c != 0 {
-			return c
-		}
-		return cmp.Compare(x.partition, y.partition)
+		return compareTopicPartition(x.rec.Topic, x.partition, y.rec.Topic, y.partition)
 	})
 	req, parts := buildRequest(recs)
 

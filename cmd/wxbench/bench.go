@@ -15,6 +15,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/twmb/franz-go/pkg/kfake"
 
+	"github.com/wxnotify/wxnotify/cmd/internal/app"
 	"github.com/wxnotify/wxnotify/rules"
 	"github.com/wxnotify/wxnotify/sink/wechatsim"
 )
@@ -115,7 +116,7 @@ func bench(ctx context.Context, o options, stdout, stderr io.Writer) (*report, e
 	defer sim.Close()
 
 	if o.inProcess {
-		o.procs = "all" // the bench's own load would steer the processor's Ps
+		o.procs = app.ProcsAll // the bench's own load would steer the processor's Ps
 	}
 	pc := procConfig{
 		Broker: broker, SimURL: sim.URL(), WeappAppID: weappAppID, WeappSecret: weappSecret,

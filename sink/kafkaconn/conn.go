@@ -166,7 +166,9 @@ func authenticate(ctx context.Context, pc *protocol.Conn, mech sasl.Mechanism) e
 	for done := false; !done; {
 		m, err := pc.RoundTrip(&saslauthenticate.Request{AuthBytes: state})
 		if err != nil {
-			if errors.Is(err, io.EOF) { // how a broker refuses an opaque exchange
+			// How a broker refuses an opaque exchange: it closes the connection (kafka-go's
+			// Transport checks io.EOF only; the close can also cut a response short).
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 				return kafka.SASLAuthenticationFailed
 			}
 			return fmt.Errorf("sasl authenticate: %w", err)

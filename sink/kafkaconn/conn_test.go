@@ -2,7 +2,9 @@ package kafkaconn
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -75,18 +77,31 @@ func TestSASLPlain(t *testing.T) {
 	defer conn.Close()
 	metadata(t, conn)
 
-	if conn, err := (Dialer{SASL: plain.Mechanism{Username: "wx", Password: "wrong"}}).DialContext(ctx(t), addr); err == nil {
+	conn, err = Dialer{SASL: plain.Mechanism{Username: "wx", Password: "wrong"}}.DialContext(ctx(t), addr)
+	if err == nil {
 		conn.Close()
 		t.Fatal("dial with a wrong password succeeded")
+	}
+	if !errors.Is(err, kafka.SASLAuthenticationFailed) {
+		t.Errorf("dial with a wrong password = %v, want kafka.SASLAuthenticationFailed", err)
 	}
 }
 
 // FromTransport takes the transport's connection settings.
 func TestFromTransport(t *testing.T) {
 	mech := plain.Mechanism{Username: "u", Password: "p"}
-	d := FromTransport(&kafka.Transport{SASL: mech, ClientID: "wxnotify", DialTimeout: 3 * time.Second})
-	if d.SASL != mech || d.ClientID != "wxnotify" || d.Timeout != 3*time.Second {
+	tlsCfg := &tls.Config{ServerName: "kafka.internal"}
+	dialed := false
+	dial := func(context.Context, string, string) (net.Conn, error) {
+		dialed = true
+		return nil, errors.New("test dialer")
+	}
+	d := FromTransport(&kafka.Transport{Dial: dial, TLS: tlsCfg, SASL: mech, ClientID: "wxnotify", DialTimeout: 3 * time.Second})
+	if d.SASL != mech || d.ClientID != "wxnotify" || d.Timeout != 3*time.Second || d.TLS != tlsCfg {
 		t.Errorf("FromTransport = %+v", d)
+	}
+	if _, err := d.DialContext(context.Background(), "127.0.0.1:1"); err == nil || !dialed {
+		t.Errorf("DialContext = %v, dialed %v: want the transport's Dial used", err, dialed)
 	}
 	if d := FromTransport(nil); d.SASL != nil || d.TLS != nil {
 		t.Errorf("FromTransport(nil) = %+v, want the defaults", d)

@@ -161,13 +161,14 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 		writer.Close()
 		return err
 	}
+	mode := procsMode(cfg)
 	log.WithFields(logrus.Fields{
 		"brokers": cfg.Kafka.Brokers, "group_id": cfg.Kafka.GroupID, "events_topic": []string(cfg.Kafka.EventsTopic),
 		"outcomes_topic": cfg.Kafka.OutcomesTopic, "dead_letter_topic": cfg.Kafka.DeadLetterTopic,
 		"delay_topic": cfg.Kafka.DelayTopic,
 		"wechat":      cfg.WeChat.BaseURL, "accounts": sortedKeys(cfg.WeChat.Accounts), "ops": opsAddr,
 		"max_in_flight": cfg.Processor.MaxInFlight, "dry_run": cfg.Processor.DryRun,
-		"procs": procsMode(cfg), "gomaxprocs": runtime.GOMAXPROCS(0),
+		"procs": mode, "gomaxprocs": runtime.GOMAXPROCS(0),
 	}).Info("wxnotify started")
 	if opts.Started != nil {
 		opts.Started(opsAddr)
@@ -182,12 +183,14 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 
 	procsCtx, stopProcs := context.WithCancel(ctx)
 	procsDone := make(chan struct{})
-	go func() {
-		defer close(procsDone)
-		if procsMode(cfg) == ProcsAdaptive {
+	if mode == ProcsAdaptive {
+		go func() {
+			defer close(procsDone)
 			procs.Run(procsCtx, procs.Config{}, reg, log)
-		}
-	}()
+		}()
+	} else {
+		close(procsDone)
+	}
 
 	runErr := proc.Run(ctx)
 	stopReloads()
