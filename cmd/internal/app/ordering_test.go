@@ -9,10 +9,12 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/wxnotify/wxnotify/sink/wechatsim"
@@ -206,4 +208,44 @@ func TestRebalanceWhileSending(t *testing.T) {
 	if n := drained(); n < 2 {
 		t.Errorf("%d drained revocations logged, want at least 2 (a member joining, a member leaving)", n)
 	}
+}
+
+// The heartbeats that keep a draining member in the group reach the group's coordinator, on a
+// cluster where the broker the processor is configured with is not the coordinator (kafka-go's
+// Client.Heartbeat sent them to that broker, which a real one answers with NOT_COORDINATOR).
+func TestDrainHeartbeatsReachTheCoordinator(t *testing.T) {
+	h := newHarness(t, wechatsim.Config{Latency: 100 * time.Millisecond}, kfake.NumBrokers(3))
+	coordinator := h.cluster.CoordinatorFor(h.cfg.Kafka.GroupID)
+	// Configure a single broker that is not the coordinator: requests not routed to the
+	// coordinator land there.
+	other := (coordinator + 1) % 3
+	h.cfg.Kafka.Brokers = []string{h.cluster.ListenAddrs()[other]}
+	var beats, misrouted atomic.Int64
+	h.cluster.ControlKey(int16(kmsg.Heartbeat), func(kmsg.Request) (kmsg.Response, error, bool) {
+		h.cluster.KeepControl()
+		beats.Add(1)
+		if n := h.cluster.CurrentNode(); n != coordinator {
+			misrouted.Add(1)
+		}
+		return nil, nil, false
+	})
+	h.cfg.Processor.MaxInFlight = 100
+	h.start()
+	var msgs []kafka.Message
+	for i := 0; i < 400; i++ {
+		msgs = append(msgs, event(fmt.Sprintf("e-%03d", i), "order.paid", fmt.Sprintf("user%03d", i%40)))
+	}
+	h.produce("events", msgs...)
+	waitFor(t, 10*time.Second, "sends under way", func() bool { return len(h.sim.Deliveries()) >= 20 })
+	h.start() // joins: the first member drains its revoked partitions, heartbeating
+	waitFor(t, 20*time.Second, "a drained revocation", func() bool {
+		return strings.Contains(h.logBuf.String(), "partitions revoked after finishing in-flight work")
+	})
+	if beats.Load() == 0 {
+		t.Fatal("no heartbeat reached any broker")
+	}
+	if n := misrouted.Load(); n != 0 {
+		t.Errorf("%d of %d heartbeats went to a broker that is not the group coordinator (node %d)", n, beats.Load(), coordinator)
+	}
+	wantOneOutcomeEach(t, h.outcomeCounts(400, 60*time.Second), msgs)
 }
