@@ -11,11 +11,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/segmentio/kafka-go"
 	"github.com/sirupsen/logrus"
 
+	"github.com/wxnotify/wxnotify/kafkaio"
 	"github.com/wxnotify/wxnotify/rules"
-	"github.com/wxnotify/wxnotify/sink"
 	"github.com/wxnotify/wxnotify/sink/wechat"
 )
 
@@ -67,20 +66,20 @@ func (s *fakeSender) sent() []wechat.Request {
 // fakePublisher acknowledges every record at once.
 type fakePublisher struct {
 	mu   sync.Mutex
-	recs []sink.Record
+	recs []kafkaio.Record
 }
 
-func (p *fakePublisher) Publish(rec sink.Record, done func(error)) {
+func (p *fakePublisher) Publish(rec kafkaio.Record, done func(error)) {
 	p.mu.Lock()
 	p.recs = append(p.recs, rec)
 	p.mu.Unlock()
 	done(nil)
 }
 
-func (p *fakePublisher) records(topic string) []sink.Record {
+func (p *fakePublisher) records(topic string) []kafkaio.Record {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	var out []sink.Record
+	var out []kafkaio.Record
 	for _, r := range p.recs {
 		if r.Topic == topic {
 			out = append(out, r)
@@ -123,7 +122,7 @@ func newWorld(t *testing.T, ruleExtra string, mod func(*Config)) *world {
 		t.Fatal(err)
 	}
 	clock := &fakeClock{t: time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)} // 20:00 in Shanghai
-	cfg := Config{Brokers: []string{"unused:9092"}, GroupID: "g", Topics: []string{"events"}, OutcomesTopic: "out",
+	cfg := Config{GroupID: "g", Topics: []string{"events"}, OutcomesTopic: "out",
 		DeadLetterTopic: "dlq", DelayTopic: "delayed", Now: clock.Now}
 	if mod != nil {
 		mod(&cfg)
@@ -131,12 +130,12 @@ func newWorld(t *testing.T, ruleExtra string, mod func(*Config)) *world {
 	log := logrus.New()
 	log.SetLevel(logrus.PanicLevel)
 	w := &world{t: t, send: &fakeSender{}, pub: &fakePublisher{}, clock: clock}
-	w.p, err = New(cfg, staticRules{set}, w.send, w.pub, prometheus.NewRegistry(), log)
+	w.p, err = New(cfg, staticRules{set}, w.send, w.pub, nil, prometheus.NewRegistry(), log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	w.p.sendCtx = context.Background()
-	w.pt = &partition{topic: "events", id: 0, tracker: newTracker(0)}
+	w.pt = &partition{topic: "events", id: 0, tracker: newTracker(0), kp: kafkaio.NewPartition("events", 0, 0), gctx: context.Background()}
 	return w
 }
 
@@ -149,7 +148,7 @@ func (w *world) event(id, openid string, occurredAt time.Time) {
 	}
 	body += "}"
 	w.p.budget <- struct{}{}
-	w.p.handle(w.pt, kafka.Message{Topic: "events", Offset: w.offset, Key: []byte(openid), Value: []byte(body), Time: w.clock.Now()})
+	w.p.handle(w.pt, &kafkaio.Message{Offset: w.offset, Key: []byte(openid), Value: []byte(body), Time: w.clock.Now()})
 	w.offset++
 }
 
@@ -227,7 +226,7 @@ func TestExpireAfter(t *testing.T) {
 
 	// No occurred_at: the Kafka timestamp counts.
 	w.p.budget <- struct{}{}
-	w.p.handle(w.pt, kafka.Message{Offset: w.offset, Value: []byte(`{"event_id":"nots","type":"order.paid","user":{"openid":"u2"},"order":{"id":"x"}}`),
+	w.p.handle(w.pt, &kafkaio.Message{Offset: w.offset, Value: []byte(`{"event_id":"nots","type":"order.paid","user":{"openid":"u2"},"order":{"id":"x"}}`),
 		Time: now.Add(-25 * time.Hour)})
 	wantOutcome(t, w.last(3), StatusExpired, "expired: event is 1d1h old, expire_after 24h")
 	if n := len(w.send.sent()); n != 1 {
@@ -276,9 +275,9 @@ func TestDedupeRepeatWhileFirstInFlight(t *testing.T) {
 			calls := 0
 			w.send.fail = func(wechat.Request) bool { calls++; return firstFails && calls == 1 }
 			w.event("a", "u1", time.Time{})
-			other := &partition{topic: "events", id: 1, tracker: newTracker(0)}
+			other := &partition{topic: "events", id: 1, tracker: newTracker(0), kp: kafkaio.NewPartition("events", 1, 0), gctx: context.Background()}
 			w.p.budget <- struct{}{}
-			w.p.handle(other, kafka.Message{Offset: 0, Key: []byte("u2"), Time: w.clock.Now(),
+			w.p.handle(other, &kafkaio.Message{Offset: 0, Key: []byte("u2"), Time: w.clock.Now(),
 				Value: []byte(`{"event_id":"a2","type":"order.paid","user":{"openid":"u2"},"order":{"id":"o-a"}}`)})
 			w.send.gate <- struct{}{} // the first call
 			if firstFails {
@@ -399,8 +398,8 @@ func TestQuietHoursDelay(t *testing.T) {
 	}
 
 	// The delay partition: held until 08:00, then sent.
-	dpt := &partition{topic: "delayed", id: 0, tracker: newTracker(0)}
-	msg := kafka.Message{Topic: "delayed", Offset: 0, Key: rec.Key, Value: rec.Value, Headers: rec.Headers}
+	dpt := &partition{topic: "delayed", id: 0, tracker: newTracker(0), kp: kafkaio.NewPartition("delayed", 0, 0), gctx: context.Background()}
+	msg := &kafkaio.Message{Offset: 0, Key: rec.Key, Value: rec.Value, Headers: rec.Headers}
 	var holds sync.WaitGroup
 	w.clock.Set(notBefore.Add(-80 * time.Millisecond))
 	w.p.delayBudget <- struct{}{}

@@ -8,10 +8,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/segmentio/kafka-go"
-
+	"github.com/wxnotify/wxnotify/kafkaio"
 	"github.com/wxnotify/wxnotify/rules"
-	"github.com/wxnotify/wxnotify/sink"
 )
 
 // Delayed delivery (quiet_hours with action delay).
@@ -71,7 +69,7 @@ func (p *Processor) delay(ev *event, note *rules.Notification, notBefore time.Ti
 		Account: note.Rule.Account, API: note.Rule.API, ToUser: note.ToUser, TemplateID: note.TemplateID,
 		Body: note.Body, RetryOnTimeout: note.Rule.RetryOnTimeout, DryRun: p.cfg.DryRun || note.Rule.DryRun,
 		DedupeKey: note.DedupeKey, ThrottleKey: note.ThrottleKey,
-		Source:    Source{Topic: ev.pt.topic, Partition: ev.pt.id, Offset: ev.msg.Offset},
+		Source:    Source{Topic: ev.pt.topic, Partition: ev.pt.id, Offset: ev.rec.Offset},
 		EventTime: ev.time, Reason: "quiet_hours: " + formatQuiet(note.Rule.QuietHours),
 	}
 	value, err := json.Marshal(&rec)
@@ -80,7 +78,7 @@ func (p *Processor) delay(ev *event, note *rules.Notification, notBefore time.Ti
 		return
 	}
 	p.metrics.delayed.WithLabelValues(note.Rule.Name, note.Rule.API).Inc()
-	p.pub.Publish(sink.Record{Topic: p.cfg.DelayTopic, Key: ev.msg.Key, Value: value, Headers: []kafka.Header{
+	p.pub.Publish(kafkaio.Record{Topic: p.cfg.DelayTopic, Key: ev.rec.Key, Value: value, Headers: []kafkaio.Header{
 		{Key: headerNotBefore, Value: []byte(rec.NotBefore.Format(time.RFC3339Nano))},
 		{Key: "wxnotify.event_id", Value: []byte(ev.id)},
 		{Key: "wxnotify.rule", Value: []byte(rec.Rule)},
@@ -88,7 +86,7 @@ func (p *Processor) delay(ev *event, note *rules.Notification, notBefore time.Ti
 }
 
 // decodeDelayed reads a delay topic record; the not-before header wins over the body's.
-func decodeDelayed(msg kafka.Message) (*delayedRecord, error) {
+func decodeDelayed(msg *kafkaio.Message) (*delayedRecord, error) {
 	var rec delayedRecord
 	if err := json.Unmarshal(msg.Value, &rec); err != nil {
 		return nil, fmt.Errorf("delayed record: %w", err)
@@ -111,25 +109,14 @@ func decodeDelayed(msg kafka.Message) (*delayedRecord, error) {
 	return &rec, nil
 }
 
-// fetchDelayed reads one delay topic partition until gctx ends, holding each record until its
-// time. It draws on its own budget (MaxDelayed), not the events' in-flight budget, so a night
-// of delayed notifications does not stall the events topics.
-func (p *Processor) fetchDelayed(gctx context.Context, pt *partition, holds *sync.WaitGroup) {
-	p.consume(gctx, pt, p.delayBudget, func(msg kafka.Message) {
-		p.metrics.delayedHeld.Inc()
-		p.holdDelayed(gctx, pt, msg, holds)
-	})
-}
-
 // holdDelayed registers one delayed record and sends it at its time, or hands it back
 // unfinished if the partition is revoked first.
-func (p *Processor) holdDelayed(gctx context.Context, pt *partition, msg kafka.Message, holds *sync.WaitGroup) {
-	pt.hwm.Store(msg.HighWaterMark)
+func (p *Processor) holdDelayed(gctx context.Context, pt *partition, r *kafkaio.Message, holds *sync.WaitGroup) {
 	pt.countConsumed(p.metrics)
-	ev := &event{p: p, pt: pt, msg: msg, slot: pt.tracker.add(msg.Offset), start: p.cfg.Now()}
-	rec, err := decodeDelayed(msg)
+	ev := &event{p: p, pt: pt, rec: *r, slot: pt.tracker.add(r.Offset), start: p.cfg.Now()}
+	rec, err := decodeDelayed(&ev.rec)
 	if err != nil {
-		meta := rules.Meta{Topic: pt.topic, Partition: pt.id, Offset: msg.Offset}
+		meta := rules.Meta{Topic: pt.topic, Partition: pt.id, Offset: r.Offset}
 		ev.id = meta.ID()
 		ev.delayed = &delayedRecord{}
 		p.deadLetter(ev, "undecodable", err)
@@ -181,26 +168,4 @@ func (p *Processor) releaseDelayed(ev *event) {
 	}
 	ev.pending.Store(1)
 	p.dispatch(ev, note, "", rec.DryRun || p.cfg.DryRun)
-}
-
-// newReader builds the partition reader of one assigned partition.
-func (p *Processor) newReader(pt *partition) *kafka.Reader {
-	// MinBytes 1 answers a fetch as soon as a record is there. Batching fetches with a larger
-	// MinBytes (4 KiB with a 5-20ms MaxWait) saved no CPU at 1,000 events/s and pushed the
-	// event -> outcome p99 from ~65ms to ~170-240ms. MaxBytes 1 MiB (was 4 MiB) is ~2,000
-	// records a fetch, plenty for a backlog, and cost ~13% less processor CPU at a steady
-	// 1,000 events/s; 4 MiB responses also saw i/o timeouts under CPU pressure.
-	return kafka.NewReader(kafka.ReaderConfig{
-		Brokers:        p.cfg.Brokers,
-		Topic:          pt.topic,
-		Partition:      pt.id,
-		Dialer:         p.cfg.Dialer,
-		MinBytes:       1,
-		MaxBytes:       1 << 20,
-		MaxWait:        250 * time.Millisecond,
-		QueueCapacity:  256,
-		ReadBackoffMin: 100 * time.Millisecond,
-		ReadBackoffMax: 2 * time.Second,
-		ErrorLogger:    kafka.LoggerFunc(func(f string, a ...any) { p.warn.Warnf("kafka reader: "+f, a...) }),
-	})
 }

@@ -1,15 +1,15 @@
 package processor
 
 import (
+	"errors"
 	"strconv"
 	"sync/atomic"
 	"time"
 
-	"github.com/segmentio/kafka-go"
 	"github.com/sirupsen/logrus"
 
+	"github.com/wxnotify/wxnotify/kafkaio"
 	"github.com/wxnotify/wxnotify/rules"
-	"github.com/wxnotify/wxnotify/sink"
 	"github.com/wxnotify/wxnotify/sink/wechat"
 )
 
@@ -18,8 +18,8 @@ import (
 type event struct {
 	p       *Processor
 	pt      *partition
-	msg     kafka.Message
-	slot    *slot
+	rec     kafkaio.Message
+	slot    slot
 	id      string
 	time    time.Time // occurred_at, else the record's timestamp
 	version string    // rule set version that evaluated it
@@ -31,9 +31,10 @@ type event struct {
 
 // handle evaluates one record and starts its notifications. It runs on the partition's fetch
 // goroutine, so records of a partition enter the scheduler in offset order.
-func (p *Processor) handle(pt *partition, msg kafka.Message) {
+func (p *Processor) handle(pt *partition, rec *kafkaio.Message) {
 	pt.countConsumed(p.metrics)
-	ev := &event{p: p, pt: pt, msg: msg, slot: pt.tracker.add(msg.Offset), start: p.cfg.Now()}
+	ev := &event{p: p, pt: pt, rec: *rec, slot: pt.tracker.add(rec.Offset), start: p.cfg.Now()}
+	msg := &ev.rec
 
 	decoded, err := rules.DecodeEvent(msg.Value)
 	if err != nil {
@@ -154,7 +155,7 @@ func (p *Processor) send(t *task, ev *event, note *rules.Notification, dry, stat
 		p.warn.WithFields(logrus.Fields{
 			"event_id": ev.id, "rule": note.Rule.Name, "api": note.Rule.API, "errcode": res.ErrCode,
 			"errmsg": res.ErrMsg, "class": res.Class, "attempts": res.Attempts,
-			"topic": ev.pt.topic, "partition": ev.pt.id, "offset": ev.msg.Offset,
+			"topic": ev.pt.topic, "partition": ev.pt.id, "offset": ev.rec.Offset,
 		}).Warn("notification failed")
 	}
 	p.emit(ev, note, status, res)
@@ -178,7 +179,7 @@ func (p *Processor) emit(ev *event, note *rules.Notification, status string, res
 		MsgID:       res.MsgID,
 		Attempts:    res.Attempts,
 		Class:       string(res.Class),
-		Source:      Source{Topic: ev.pt.topic, Partition: ev.pt.id, Offset: ev.msg.Offset},
+		Source:      Source{Topic: ev.pt.topic, Partition: ev.pt.id, Offset: ev.rec.Offset},
 		EventTime:   formatTime(ev.time),
 		ProcessedAt: formatTime(now),
 		LatencyMS:   latencyMS(now.Sub(ev.start)),
@@ -191,7 +192,7 @@ func (p *Processor) emit(ev *event, note *rules.Notification, status string, res
 	}
 	if status == StatusRejected {
 		p.warn.WithFields(logrus.Fields{"event_id": ev.id, "rule": note.Rule.Name, "reason": res.ErrMsg,
-			"topic": ev.pt.topic, "partition": ev.pt.id, "offset": ev.msg.Offset}).Warn("notification rejected")
+			"topic": ev.pt.topic, "partition": ev.pt.id, "offset": ev.rec.Offset}).Warn("notification rejected")
 	}
 	p.metrics.notified(note.Rule.Name, note.Rule.API, status)
 	value, err := o.appendJSON(make([]byte, 0, o.encodedLen()))
@@ -199,13 +200,17 @@ func (p *Processor) emit(ev *event, note *rules.Notification, status string, res
 		p.log.WithError(err).WithField("event_id", ev.id).Error("encoding outcome")
 		return
 	}
-	p.pub.Publish(sink.Record{Topic: p.cfg.OutcomesTopic, Key: ev.msg.Key, Value: value}, ev.acked)
+	p.pub.Publish(kafkaio.Record{Topic: p.cfg.OutcomesTopic, Key: ev.rec.Key, Value: value}, ev.acked)
 }
 
 // acked is the Publisher callback for each of the event's records.
 func (ev *event) acked(err error) {
 	if err != nil {
 		ev.lost.Store(true)
+		var perr *kafkaio.PermanentError
+		if errors.As(err, &perr) {
+			ev.p.stopWith(err)
+		}
 	}
 	if ev.pending.Add(-1) != 0 {
 		return
@@ -245,17 +250,17 @@ func (p *Processor) release() {
 // reason and its source coordinates in headers, and lets the stream move on once it is written.
 func (p *Processor) deadLetter(ev *event, reason string, cause error) {
 	p.metrics.deadLettered.WithLabelValues(reason).Inc()
-	p.warn.WithError(cause).WithFields(logrus.Fields{"topic": ev.pt.topic, "partition": ev.pt.id, "offset": ev.msg.Offset, "reason": reason}).
+	p.warn.WithError(cause).WithFields(logrus.Fields{"topic": ev.pt.topic, "partition": ev.pt.id, "offset": ev.rec.Offset, "reason": reason}).
 		Warn("event written to the dead-letter topic")
-	headers := append([]kafka.Header(nil), ev.msg.Headers...)
+	headers := append([]kafkaio.Header(nil), ev.rec.Headers...)
 	headers = append(headers,
-		kafka.Header{Key: "wxnotify.reason", Value: []byte(reason)},
-		kafka.Header{Key: "wxnotify.error", Value: []byte(cause.Error())},
-		kafka.Header{Key: "wxnotify.source.topic", Value: []byte(ev.pt.topic)},
-		kafka.Header{Key: "wxnotify.source.partition", Value: []byte(strconv.Itoa(ev.pt.id))},
-		kafka.Header{Key: "wxnotify.source.offset", Value: []byte(strconv.FormatInt(ev.msg.Offset, 10))},
-		kafka.Header{Key: "wxnotify.source.timestamp", Value: []byte(formatTime(ev.msg.Time))},
+		kafkaio.Header{Key: "wxnotify.reason", Value: []byte(reason)},
+		kafkaio.Header{Key: "wxnotify.error", Value: []byte(cause.Error())},
+		kafkaio.Header{Key: "wxnotify.source.topic", Value: []byte(ev.pt.topic)},
+		kafkaio.Header{Key: "wxnotify.source.partition", Value: []byte(strconv.Itoa(ev.pt.id))},
+		kafkaio.Header{Key: "wxnotify.source.offset", Value: []byte(strconv.FormatInt(ev.rec.Offset, 10))},
+		kafkaio.Header{Key: "wxnotify.source.timestamp", Value: []byte(formatTime(ev.rec.Time))},
 	)
 	ev.pending.Store(1)
-	p.pub.Publish(sink.Record{Topic: p.cfg.DeadLetterTopic, Key: ev.msg.Key, Value: ev.msg.Value, Headers: headers}, ev.acked)
+	p.pub.Publish(kafkaio.Record{Topic: p.cfg.DeadLetterTopic, Key: ev.rec.Key, Value: ev.rec.Value, Headers: headers, Truncatable: true}, ev.acked)
 }

@@ -24,7 +24,6 @@ type metrics struct {
 	delayed        *prometheus.CounterVec
 	delayedHeld    prometheus.Gauge
 	controlEvicted *prometheus.CounterVec
-	fetches        prometheus.Counter
 
 	// notificationCounters caches notifications' children by notificationLabels: an outcome
 	// is counted for every notification, and WithLabelValues hashes and validates its labels
@@ -97,15 +96,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "wxnotify_control_keys_evicted_total",
 			Help: "Dedupe or throttle keys forgotten before their window ended because a rule's state reached processor.control_max_keys.",
 		}, []string{"control"}),
-		fetches: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "wxnotify_kafka_fetch_requests_total",
-			Help: "Fetch requests sent for the events topics (one per leader broker covers all its assigned partitions).",
-		}),
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.consumed, m.unmatched, m.deadLettered, m.notifications, m.ruleErrors,
 			m.inFlight, m.lag, m.lastCommit, m.commitErrors, m.assigned, m.rebalances, m.eventSeconds,
-			m.delayed, m.delayedHeld, m.controlEvicted, m.fetches} {
+			m.delayed, m.delayedHeld, m.controlEvicted} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register processor metrics: %w", err)
 			}

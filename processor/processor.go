@@ -1,22 +1,20 @@
 package processor
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/segmentio/kafka-go"
 	"github.com/sirupsen/logrus"
-	"github.com/wxnotify/wxnotify/sink/kafkaconn"
 
+	"github.com/wxnotify/wxnotify/kafkaio"
 	"github.com/wxnotify/wxnotify/rules"
-	"github.com/wxnotify/wxnotify/sink"
 	"github.com/wxnotify/wxnotify/sink/wechat"
 )
 
@@ -27,9 +25,17 @@ type Sender interface {
 }
 
 // Publisher writes a record and reports once, from any goroutine, when the broker acknowledged
-// it (nil) or when it never will (an error). *sink.Writer implements it.
+// it (nil) or when it never will (an error; a *kafkaio.PermanentError when retrying cannot
+// help). *kafkaio.Writer implements it.
 type Publisher interface {
-	Publish(rec sink.Record, done func(error))
+	Publish(rec kafkaio.Record, done func(error))
+}
+
+// Consumer is the Kafka side of consuming: group membership, commits and fetching.
+// *kafkaio.Client implements it.
+type Consumer interface {
+	JoinGroup(cfg kafkaio.GroupConfig) (*kafkaio.Group, error)
+	Fetch(ctx context.Context, parts []*kafkaio.Partition, recv kafkaio.Receiver, o kafkaio.FetchOptions)
 }
 
 // RuleSource yields the rule set to evaluate the next event with. Every event is evaluated by
@@ -40,7 +46,6 @@ type RuleSource interface {
 
 // Config configures a Processor. Zero values take the documented defaults.
 type Config struct {
-	Brokers         []string
 	GroupID         string
 	Topics          []string
 	OutcomesTopic   string
@@ -62,20 +67,15 @@ type Config struct {
 	// SessionTimeout, HeartbeatInterval and RebalanceTimeout are the consumer group's. Defaults
 	// 10s, 3s, 30s.
 	SessionTimeout, HeartbeatInterval, RebalanceTimeout time.Duration
-	// StartOffset is where a partition with no committed offset starts: kafka.FirstOffset
-	// (default) or kafka.LastOffset.
+	// StartOffset is where a partition with no committed offset starts: kafkaio.FirstOffset
+	// (default) or kafkaio.LastOffset.
 	StartOffset int64
-	// Dialer connects to the brokers (TLS, SASL); nil = kafka-go's default dialer. The group
-	// protocol and the delay topic use it directly; metadata and offset lookups go through a
-	// kafka.Transport with the same TLS, SASL and client ID, and event fetches over connections
-	// dialed with that transport's settings.
-	Dialer *kafka.Dialer
-	// FetchLinger is how long the broker may gather records for a fetch while records keep
-	// arriving (the fetch asks for 256 KiB or FetchLinger, whichever comes first; a fetch that
-	// came back empty long-polls instead). It trades a few milliseconds of latency for far fewer
-	// fetches at moderate rates. Default 4ms; a negative value turns it off (every fetch answers
-	// at its first record).
+	// FetchLinger is kafkaio.FetchOptions.Linger: default 4ms, negative off.
 	FetchLinger time.Duration
+	// CommitMetadataBytes bounds the commit metadata that lists the offsets finished beyond
+	// each committed offset (see commitmeta.go). Default 4000, under Kafka's default
+	// offset.metadata.max.bytes; negative: none.
+	CommitMetadataBytes int
 	// DryRun makes every rule dry-run: everything but the WeChat call.
 	DryRun bool
 	// MaxDelayed bounds the delayed notifications held in memory until their time, across all
@@ -87,6 +87,11 @@ type Config struct {
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 }
+
+// maxSpan bounds, per partition, the offsets between the commit point and the last offset
+// fetched: a partition whose oldest unfinished event is that far behind stops fetching until it
+// finishes (memory and the redo after a crash stay bounded whatever one stuck event does).
+const maxSpan = 1 << 20
 
 func (c *Config) withDefaults() {
 	if c.MaxInFlight <= 0 {
@@ -108,13 +113,13 @@ func (c *Config) withDefaults() {
 		c.RebalanceTimeout = 30 * time.Second
 	}
 	if c.StartOffset == 0 {
-		c.StartOffset = kafka.FirstOffset
+		c.StartOffset = kafkaio.FirstOffset
+	}
+	if c.CommitMetadataBytes == 0 {
+		c.CommitMetadataBytes = defaultMetaBudget
 	}
 	if c.Now == nil {
 		c.Now = time.Now
-	}
-	if c.FetchLinger == 0 {
-		c.FetchLinger = 4 * time.Millisecond
 	}
 	if c.MaxDelayed <= 0 {
 		c.MaxDelayed = 10000
@@ -127,8 +132,6 @@ func (c *Config) withDefaults() {
 // Validate reports the first missing or inconsistent field, named as in the config file.
 func (c Config) Validate() error {
 	switch {
-	case len(c.Brokers) == 0:
-		return errors.New("kafka.brokers: empty")
 	case c.GroupID == "":
 		return errors.New("kafka.group_id: empty")
 	case len(c.Topics) == 0:
@@ -137,7 +140,7 @@ func (c Config) Validate() error {
 		return errors.New("kafka.outcomes_topic: empty")
 	case c.DeadLetterTopic == "":
 		return errors.New("kafka.dead_letter_topic: empty")
-	case c.StartOffset != 0 && c.StartOffset != kafka.FirstOffset && c.StartOffset != kafka.LastOffset:
+	case c.StartOffset != 0 && c.StartOffset != kafkaio.FirstOffset && c.StartOffset != kafkaio.LastOffset:
 		return errors.New("kafka.start_offset: must be first or last")
 	}
 	for _, t := range c.Topics {
@@ -160,6 +163,7 @@ type Processor struct {
 	rules   RuleSource
 	sender  Sender
 	pub     Publisher
+	kafka   Consumer
 	log     logrus.FieldLogger
 	metrics *metrics
 	sched   *scheduler
@@ -170,15 +174,13 @@ type Processor struct {
 	sendCtx     context.Context
 	joined      atomic.Bool
 	warn        *logLimiter
-	// client sends what kafka-go's ConsumerGroup does not: metadata and offset
-	// lookups (fetch.go), and heartbeats while draining (heartbeat.go).
-	client *kafka.Client
-	// conns connects each fetch loop to its broker, with client's settings.
-	conns kafkaconn.Dialer
+	// fatal ends Run with an error: an outcome the broker refuses for good.
+	fatal     context.CancelCauseFunc
+	fatalOnce sync.Once
 }
 
 // New builds a Processor. Metrics are registered on reg.
-func New(cfg Config, rs RuleSource, sender Sender, pub Publisher, reg prometheus.Registerer, log logrus.FieldLogger) (*Processor, error) {
+func New(cfg Config, rs RuleSource, sender Sender, pub Publisher, kc Consumer, reg prometheus.Registerer, log logrus.FieldLogger) (*Processor, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -188,12 +190,13 @@ func New(cfg Config, rs RuleSource, sender Sender, pub Publisher, reg prometheus
 		return nil, err
 	}
 	return &Processor{
-		cfg: cfg, rules: rs, sender: sender, pub: pub, log: log, metrics: m,
+		cfg: cfg, rules: rs, sender: sender, pub: pub, kafka: kc, log: log, metrics: m,
 		sched:       newScheduler(),
 		budget:      make(chan struct{}, cfg.MaxInFlight),
 		delayBudget: make(chan struct{}, cfg.MaxDelayed),
 		controls:    newControls(cfg.ControlMaxKeys, m.controlEvicted),
 		warn:        newLogLimiter(log, 20),
+		fatal:       func(error) {},
 	}, nil
 }
 
@@ -203,8 +206,13 @@ func (p *Processor) Joined() bool { return p.joined.Load() }
 // Run consumes until ctx is cancelled, then shuts down in order: stop fetching, finish
 // in-flight work within DrainTimeout, commit, leave the group. Outcomes of finished work have
 // been acknowledged by the broker before their offsets are committed; the caller closes the
-// Publisher after Run returns.
+// Publisher after Run returns. Run returns an error, after the same shutdown, when the broker
+// refuses an outcome for good (a *kafkaio.PermanentError: not authorized, topic missing): its
+// event and everything after it stay uncommitted.
 func (p *Processor) Run(ctx context.Context) error {
+	runCtx, fatal := context.WithCancelCause(ctx)
+	defer fatal(nil)
+	p.fatal = fatal
 	sendCtx, cancelSends := context.WithCancel(context.WithoutCancel(ctx))
 	defer func() {
 		// Sends abandoned by the drain stop, and the workers that ran them exit, before Run
@@ -215,64 +223,66 @@ func (p *Processor) Run(ctx context.Context) error {
 	}()
 	p.sendCtx = sendCtx
 
-	if err := p.ensureTopics(ctx); err != nil {
-		return err
-	}
-	topics := p.cfg.Topics
+	topics := slices.Clone(p.cfg.Topics)
 	if p.cfg.DelayTopic != "" {
-		topics = append(slices.Clip(topics), p.cfg.DelayTopic)
+		topics = append(topics, p.cfg.DelayTopic)
 	}
-	p.client = brokerClient(p.cfg.Brokers, p.cfg.Dialer)
-	p.conns = kafkaconn.FromTransport(p.client.Transport)
-	defer closeIdle(p.client)
-	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
-		ID:                p.cfg.GroupID,
-		Brokers:           p.cfg.Brokers,
-		Dialer:            p.cfg.Dialer,
-		Topics:            topics,
-		SessionTimeout:    p.cfg.SessionTimeout,
-		HeartbeatInterval: p.cfg.HeartbeatInterval,
-		RebalanceTimeout:  p.cfg.RebalanceTimeout,
-		StartOffset:       p.cfg.StartOffset,
-		JoinGroupBackoff:  time.Second,
-		ErrorLogger:       kafka.LoggerFunc(func(f string, a ...any) { p.log.Warnf("kafka group: "+f, a...) }),
-		Logger:            kafka.LoggerFunc(func(f string, a ...any) { p.log.Debugf("kafka group: "+f, a...) }),
+	group, err := p.kafka.JoinGroup(kafkaio.GroupConfig{
+		GroupID: p.cfg.GroupID, Topics: topics, SessionTimeout: p.cfg.SessionTimeout,
+		HeartbeatInterval: p.cfg.HeartbeatInterval, RebalanceTimeout: p.cfg.RebalanceTimeout,
 	})
 	if err != nil {
-		return fmt.Errorf("consumer group: %w", err)
+		return err
 	}
 	for {
-		gen, err := group.Next(ctx)
-		if ctx.Err() != nil {
-			break
-		}
+		gen, err := group.Next(runCtx)
 		if err != nil {
-			p.log.WithError(err).Warn("joining the consumer group failed; retrying")
-			continue
+			break // runCtx ended, or the group closed
 		}
 		p.metrics.rebalances.Inc()
-		gen.Start(func(gctx context.Context) { p.runGeneration(gctx, gen) })
+		gen.Start(func(gctx context.Context) { p.runGeneration(mergeDone(gctx, runCtx), gen) })
 	}
 	// Closing the group ends the current generation: runGeneration drains, commits and returns
 	// before Close leaves the group.
 	err = group.Close()
 	p.joined.Store(false)
+	if cause := context.Cause(runCtx); ctx.Err() == nil && cause != nil && !errors.Is(cause, context.Canceled) {
+		return cause
+	}
 	return err
+}
+
+// mergeDone returns a context that ends when a or b ends.
+func mergeDone(a, b context.Context) context.Context {
+	ctx, cancel := context.WithCancel(a)
+	stop := context.AfterFunc(b, cancel)
+	context.AfterFunc(ctx, func() { stop() })
+	return ctx
+}
+
+// stopWith ends Run because of err (the first such error wins).
+func (p *Processor) stopWith(err error) {
+	p.fatalOnce.Do(func() {
+		p.log.WithError(err).Error("stopping: an outcome cannot be written; nothing past it is committed")
+		p.fatal(err)
+	})
 }
 
 // partition is one assigned partition within a generation.
 type partition struct {
 	topic   string
 	id      int
+	kp      *kafkaio.Partition
 	tracker *tracker
-	hwm     atomic.Int64 // high watermark seen at the last fetch
-	next    int64        // events: offset of the next record to fetch (fetch goroutine only)
-	// outOfRange marks an events partition whose offset the broker refused as outside its log:
-	// it is positioned again before the next fetch (fetch goroutine only).
-	outOfRange bool
-	committed  int64                // last committed offset (committer goroutine only)
-	consumed   prometheus.Counter   // the topic's consumed counter (fetch goroutine only)
-	notes      []rules.Notification // handle's buffer (fetch goroutine only)
+	gctx    context.Context
+	// committed and committedMeta are the last commit (committer goroutine only); metaBudget
+	// is how much metadata commits carry, halved when the broker refuses it as too large.
+	committed     int64
+	committedMeta string
+	metaBudget    int
+	consumed      prometheus.Counter   // the topic's consumed counter (fetch goroutine only)
+	notes         []rules.Notification // handle's buffer (fetch goroutine only)
+	label         string               // the partition id as a metric label
 }
 
 // countConsumed counts one fetched record; it runs on the partition's fetch goroutine.
@@ -283,11 +293,40 @@ func (pt *partition) countConsumed(m *metrics) {
 	pt.consumed.Inc()
 }
 
-func (p *Processor) runGeneration(gctx context.Context, gen *kafka.Generation) {
-	var parts []*partition
-	for topic, assigned := range gen.Assignments {
-		for _, a := range assigned {
-			parts = append(parts, &partition{topic: topic, id: a.ID, tracker: newTracker(a.Offset), committed: a.Offset, next: a.Offset})
+// checkSpan pauses fetching the partition while maxSpan offsets or more lie between its commit
+// point and its last fetched offset, and resumes it below half of that.
+func (pt *partition) checkSpan() {
+	switch span := pt.tracker.span(); {
+	case span >= maxSpan:
+		pt.kp.Pause()
+	case span < maxSpan/2 && pt.kp.Paused():
+		pt.kp.Resume()
+	}
+}
+
+func (p *Processor) runGeneration(gctx context.Context, gen *kafkaio.Generation) {
+	parts := make([]*partition, len(gen.Assignments))
+	var events, delayed []*kafkaio.Partition
+	for i, a := range gen.Assignments {
+		pt := &partition{topic: a.Topic, id: a.Partition, gctx: gctx, tracker: newTracker(a.Offset), committed: a.Offset,
+			committedMeta: a.Metadata, metaBudget: p.cfg.CommitMetadataBytes, label: strconv.Itoa(a.Partition)}
+		pt.kp = kafkaio.NewPartition(a.Topic, a.Partition, a.Offset)
+		pt.kp.Tag = i
+		if a.Offset >= 0 {
+			fs, err := decodeFinished(a.Offset, a.Metadata)
+			if err != nil {
+				p.log.WithError(err).WithFields(logrus.Fields{"topic": a.Topic, "partition": a.Partition}).Warn("ignoring the commit metadata: events finished beyond the committed offset will be redone")
+			} else if len(fs.ranges) > 0 {
+				pt.tracker.restore(fs)
+				p.log.WithFields(logrus.Fields{"topic": a.Topic, "partition": a.Partition, "offset": a.Offset, "finished_beyond": fs.count()}).
+					Info("resuming a partition: events finished beyond the committed offset will be passed over")
+			}
+		}
+		parts[i] = pt
+		if a.Topic == p.cfg.DelayTopic {
+			delayed = append(delayed, pt.kp)
+		} else {
+			events = append(events, pt.kp)
 		}
 	}
 	p.joined.Store(true)
@@ -295,27 +334,18 @@ func (p *Processor) runGeneration(gctx context.Context, gen *kafka.Generation) {
 	p.log.WithFields(logrus.Fields{"generation": gen.ID, "member": gen.MemberID, "partitions": len(parts)}).Info("joined consumer group generation")
 
 	var fetchers, holds sync.WaitGroup
-	var events []*partition
-	for _, pt := range parts {
-		if pt.topic != p.cfg.DelayTopic {
-			events = append(events, pt)
-			continue
-		}
-		fetchers.Add(1)
-		go func() {
-			defer fetchers.Done()
-			p.fetchDelayed(gctx, pt, &holds)
-		}()
-	}
-	slices.SortFunc(events, func(a, b *partition) int {
-		return cmp.Or(cmp.Compare(a.topic, b.topic), cmp.Compare(a.id, b.id))
-	})
-	fetchers.Add(1)
+	opts := kafkaio.FetchOptions{StartOffset: p.cfg.StartOffset, Linger: p.cfg.FetchLinger}
+	fetchers.Add(2)
 	go func() {
 		defer fetchers.Done()
-		p.fetchEvents(gctx, events)
+		p.kafka.Fetch(gctx, events, p.eventReceiver(parts), opts)
+	}()
+	go func() {
+		defer fetchers.Done()
+		p.kafka.Fetch(gctx, delayed, p.delayReceiver(parts, &holds), opts)
 	}()
 
+	c := &committer{p: p, gen: gen}
 	ticker := time.NewTicker(p.cfg.CommitInterval)
 	defer ticker.Stop()
 loop:
@@ -324,33 +354,23 @@ loop:
 		case <-gctx.Done():
 			break loop
 		case <-ticker.C:
-			p.commit(gen, parts)
+			c.commit(parts)
 		}
 	}
 
-	// Revoked (rebalance or shutdown): fetching stops with gctx; wait for in-flight work within
-	// the drain deadline, then make the final commit while the generation is still ours.
+	// Revoked (rebalance or shutdown): fetching stops with gctx. Held delayed records are handed
+	// back at once; every other partition commits as soon as its own in-flight work is done,
+	// within the drain deadline, while the generation is still ours.
 	fetchers.Wait()
-	holds.Wait() // held delayed records are handed back at once, not drained
+	holds.Wait()
 	// kafka-go stops heartbeating when a generation ends; without heartbeats a drain longer than
 	// the session timeout would get this member evicted, and its partitions handed to another
 	// member while its sends are still running (duplicates). Keep the session alive meanwhile.
-	stopHeartbeats := p.heartbeatWhileDraining(gen)
+	stopHeartbeats := gen.KeepAlive(p.log)
 	defer stopHeartbeats()
-	deadline := time.NewTimer(p.cfg.DrainTimeout)
-	defer deadline.Stop()
-	abandoned := 0
+	abandoned := c.drain(parts)
 	for _, pt := range parts {
-		select {
-		case <-pt.tracker.drained():
-		case <-deadline.C:
-			deadline.Reset(0)
-		}
-		abandoned += pt.tracker.inFlight()
-	}
-	p.commit(gen, parts)
-	for _, pt := range parts {
-		p.metrics.lag.DeleteLabelValues(pt.topic, fmt.Sprint(pt.id))
+		p.metrics.lag.DeleteLabelValues(pt.topic, pt.label)
 	}
 	p.metrics.assigned.Set(0)
 	fields := logrus.Fields{"generation": gen.ID, "partitions": len(parts)}
@@ -361,70 +381,112 @@ loop:
 	}
 }
 
-// commit commits every partition whose finished watermark moved, in one request.
-func (p *Processor) commit(gen *kafka.Generation, parts []*partition) {
-	offsets := map[string]map[int]int64{}
+// committer commits a generation's partitions.
+type committer struct {
+	p     *Processor
+	gen   *kafkaio.Generation
+	ended bool // the coordinator ended the generation: commits are refused from now on
+}
+
+// commit commits, in one request, every partition whose commit point or finished offsets
+// beyond it changed.
+func (c *committer) commit(parts []*partition) {
+	p := c.p
+	if c.ended {
+		return
+	}
+	var offsets []kafkaio.Offset
 	var moved []*partition
 	for _, pt := range parts {
-		cp := pt.tracker.commitPoint()
-		if hwm := pt.hwm.Load(); hwm > 0 && cp >= 0 {
-			p.metrics.lag.WithLabelValues(pt.topic, fmt.Sprint(pt.id)).Set(float64(max(hwm-cp, 0)))
+		cp, meta := pt.tracker.state(pt.metaBudget)
+		if hwm := pt.kp.HighWatermark(); hwm >= 0 && cp >= 0 {
+			p.metrics.lag.WithLabelValues(pt.topic, pt.label).Set(float64(max(hwm-cp, 0)))
 		}
-		// The commit point only moves back through tracker.reset, after the log was truncated
-		// below it: then the committed offset moves back too.
-		if cp < 0 || cp == pt.committed {
+		if cp < 0 || cp == pt.committed && meta == pt.committedMeta {
 			continue
 		}
-		if offsets[pt.topic] == nil {
-			offsets[pt.topic] = map[int]int64{}
-		}
-		offsets[pt.topic][pt.id] = cp
+		offsets = append(offsets, kafkaio.Offset{Topic: pt.topic, Partition: pt.id, Offset: cp, Metadata: meta, LeaderEpoch: pt.kp.LeaderEpoch()})
 		moved = append(moved, pt)
 	}
-	if len(moved) == 0 {
+	if len(offsets) == 0 {
 		return
 	}
-	if err := gen.CommitOffsets(offsets); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	err := c.gen.Commit(ctx, offsets)
+	cancel()
+	var cerr *kafkaio.CommitError
+	errors.As(err, &cerr)
+	if err != nil && cerr == nil { // the request failed: nothing committed, retried next tick
 		p.metrics.commitErrors.Inc()
-		p.log.WithError(err).WithField("generation", gen.ID).Warn("offset commit failed; will retry")
+		p.warn.WithError(err).WithField("generation", c.gen.ID).Warn("offset commit failed; will retry")
 		return
 	}
-	for _, pt := range moved {
-		pt.committed = offsets[pt.topic][pt.id]
+	for i, pt := range moved {
+		if cerr != nil {
+			if perr := cerr.Failed[kafkaio.TopicPartition{Topic: pt.topic, Partition: pt.id}]; perr != nil {
+				if errors.Is(perr, kafkaio.ErrOffsetMetadataTooLarge) && pt.metaBudget > 0 {
+					pt.metaBudget /= 2 // the broker's offset.metadata.max.bytes is lower: retried next tick
+				}
+				continue
+			}
+		}
+		pt.committed, pt.committedMeta = offsets[i].Offset, offsets[i].Metadata
+	}
+	if cerr != nil {
+		p.metrics.commitErrors.Inc()
+		if errors.Is(cerr, kafkaio.ErrGenerationEnded) {
+			c.ended = true
+			p.log.WithError(cerr).WithField("generation", c.gen.ID).Warn("the group ended this generation before its offsets were committed; the next owner redoes what was not")
+			return
+		}
+		p.warn.WithError(cerr).WithField("generation", c.gen.ID).Warn("offset commit failed for some partitions; will retry")
 	}
 	p.metrics.lastCommit.Set(float64(p.cfg.Now().UnixNano()) / 1e9)
 }
 
-// consume reads one partition from its commit point until gctx ends, taking a slot of budget
-// before each fetch (the back-pressure: a full budget stops fetching) and passing each record to
-// handle in offset order. handle owns the slot from then on.
-func (p *Processor) consume(gctx context.Context, pt *partition, budget chan struct{}, handle func(kafka.Message)) {
-	r := p.newReader(pt)
-	defer r.Close()
-	if err := r.SetOffset(pt.tracker.commitPoint()); err != nil {
-		p.log.WithError(err).WithFields(logrus.Fields{"topic": pt.topic, "partition": pt.id}).Error("cannot position the partition reader")
-		return
-	}
-	for {
-		select {
-		case budget <- struct{}{}:
-		case <-gctx.Done():
-			return
-		}
-		msg, err := r.FetchMessage(gctx)
-		if err != nil {
-			<-budget
-			if gctx.Err() != nil {
-				return
-			}
-			p.warn.WithError(err).WithFields(logrus.Fields{"topic": pt.topic, "partition": pt.id}).Warn("fetch failed; retrying")
+// drain commits each revoked partition as soon as its in-flight work is done, until every one
+// is or the drain deadline passes; then it commits what is finished of the rest. It returns how
+// many events were left unfinished.
+func (c *committer) drain(parts []*partition) int {
+	p := c.p
+	done := make(chan *partition, len(parts))
+	quit := make(chan struct{})
+	defer close(quit)
+	for _, pt := range parts {
+		go func() {
 			select {
-			case <-time.After(200 * time.Millisecond):
-			case <-gctx.Done():
-				return
+			case <-pt.tracker.drained():
+				done <- pt
+			case <-quit:
 			}
-			continue
-		}
-		handle(msg)
+		}()
 	}
+	deadline := time.NewTimer(p.cfg.DrainTimeout)
+	defer deadline.Stop()
+	left := len(parts)
+wait:
+	for left > 0 {
+		select {
+		case pt := <-done:
+			ready := []*partition{pt}
+			for more := true; more; {
+				select {
+				case pt := <-done:
+					ready = append(ready, pt)
+				default:
+					more = false
+				}
+			}
+			left -= len(ready)
+			c.commit(ready)
+		case <-deadline.C:
+			break wait
+		}
+	}
+	abandoned := 0
+	for _, pt := range parts {
+		abandoned += pt.tracker.inFlight()
+	}
+	c.commit(parts)
+	return abandoned
 }

@@ -9,7 +9,7 @@ import (
 func TestTrackerCommitPointNeverPassesUnfinished(t *testing.T) {
 	tr := newTracker(-2)
 	const n = 3000
-	slots := make([]*slot, 0, n)
+	slots := make([]slot, 0, n)
 	off := int64(100)
 	for i := 0; i < n; i++ {
 		off += 1 + int64(i%3/2) // gaps, as compaction leaves them

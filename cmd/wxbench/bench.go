@@ -96,6 +96,7 @@ func bench(ctx context.Context, o options, stdout, stderr io.Writer) (*report, e
 		kfake.SeedTopics(int32(o.partitions), eventsTopic),
 		kfake.SeedTopics(8, outcomesTopic),
 		kfake.SeedTopics(1, "wxnotify.dlq"),
+		kfake.SeedTopics(2, "wxnotify.delayed"),
 		kfake.GroupMinSessionTimeout(500*time.Millisecond),
 	)
 	if err != nil {

@@ -15,8 +15,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/wxnotify/wxnotify/sink/rawsock"
 )
 
 // poster POSTs JSON bodies to one host over a pool of keep-alive HTTP/1.1 connections, writing
@@ -239,7 +237,6 @@ func (p *poster) dial(ctx context.Context, deadline time.Time) (*pconn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c = rawsock.Wrap(c) // see package rawsock: a send's read and write do not wake sysmon
 	if p.tls != nil {
 		tc := tls.Client(c, p.tls)
 		if err := tc.HandshakeContext(dctx); err != nil {

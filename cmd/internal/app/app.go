@@ -15,13 +15,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/segmentio/kafka-go"
 	"github.com/sirupsen/logrus"
 
 	"github.com/wxnotify/wxnotify/cmd/internal/procs"
+	"github.com/wxnotify/wxnotify/kafkaio"
 	"github.com/wxnotify/wxnotify/processor"
 	"github.com/wxnotify/wxnotify/rules"
-	"github.com/wxnotify/wxnotify/sink"
 	"github.com/wxnotify/wxnotify/sink/wechat"
 )
 
@@ -122,31 +121,18 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 	}
 	defer client.Close()
 
-	writer, err := sink.NewWriter(sink.WriterConfig{Brokers: cfg.Kafka.Brokers, BatchTimeout: linger(cfg.Kafka.ProduceLinger)}, reg, log)
+	kc, err := newKafkaClient(cfg, reg, log)
 	if err != nil {
 		return err
 	}
-	pcfg := processorConfig(cfg)
-	pcfg.Now = opts.Now
-	proc, err := processor.New(pcfg, holder, client, writer, reg, log)
-	if err != nil {
-		writer.Close()
-		return err
-	}
+	defer kc.Close()
 
+	var proc atomic.Pointer[processor.Processor]
 	tokensErr := atomic.Pointer[string]{}
-	tokensCtx, stopTokens := context.WithCancel(ctx)
-	tokensDone := make(chan struct{})
-	go func() {
-		defer close(tokensDone)
-		obtainTokens(tokensCtx, client, holder, &tokensErr, log)
-	}()
-	// Joined before the client closes, on every return path.
-	defer func() { stopTokens(); <-tokensDone }()
-
 	ops, opsAddr, err := serveOps(cfg, opts.Listener, reg, func() readiness {
 		cur := holder.Current() // never nil: a set was installed above
-		r := readiness{GroupJoined: proc.Joined(), RulesVersion: cur.Version, RulesLoadedAt: cur.LoadedAt.UTC().Format(time.RFC3339),
+		p := proc.Load()
+		r := readiness{GroupJoined: p != nil && p.Joined(), RulesVersion: cur.Version, RulesLoadedAt: cur.LoadedAt.UTC().Format(time.RFC3339),
 			TokensReady: client.Ready(cur.Accounts()...)}
 		if e := tokensErr.Load(); e != nil && !r.TokensReady {
 			r.Problems = append(r.Problems, *e)
@@ -158,15 +144,55 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 		return r
 	}, log)
 	if err != nil {
-		writer.Close()
 		return err
 	}
+	defer func() {
+		if ops != nil {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_ = ops.Shutdown(sctx)
+			cancel()
+		}
+	}()
+
+	// Kafka: first contact (a wrong password or CA stops here, named by its key), the topics,
+	// the writer.
+	if err := kc.Check(ctx); err != nil {
+		return err
+	}
+	if err := ensureTopics(ctx, kc, cfg, log); err != nil {
+		return err
+	}
+	writer, err := kc.NewWriter(ctx, kafkaio.WriterConfig{
+		Topics: []string{cfg.Kafka.OutcomesTopic, cfg.Kafka.DeadLetterTopic, cfg.Kafka.DelayTopic},
+		Linger: max(linger(cfg.Kafka.ProduceLinger), 0),
+	})
+	if err != nil {
+		return fmt.Errorf("kafka writer: %w", err)
+	}
+	pcfg := processorConfig(cfg)
+	pcfg.Now = opts.Now
+	p, err := processor.New(pcfg, holder, client, writer, kc, reg, log)
+	if err != nil {
+		_ = writer.Close(time.Second)
+		return err
+	}
+	proc.Store(p)
+
+	tokensCtx, stopTokens := context.WithCancel(ctx)
+	tokensDone := make(chan struct{})
+	go func() {
+		defer close(tokensDone)
+		obtainTokens(tokensCtx, client, holder, &tokensErr, log)
+	}()
+	// Joined before the client closes, on every return path.
+	defer func() { stopTokens(); <-tokensDone }()
+
 	mode := procsMode(cfg)
 	log.WithFields(logrus.Fields{
 		"brokers": cfg.Kafka.Brokers, "group_id": cfg.Kafka.GroupID, "events_topic": []string(cfg.Kafka.EventsTopic),
 		"outcomes_topic": cfg.Kafka.OutcomesTopic, "dead_letter_topic": cfg.Kafka.DeadLetterTopic,
-		"delay_topic": cfg.Kafka.DelayTopic,
-		"wechat":      cfg.WeChat.BaseURL, "accounts": sortedKeys(cfg.WeChat.Accounts), "ops": opsAddr,
+		"delay_topic": cfg.Kafka.DelayTopic, "kafka_tls": cfg.Kafka.TLS.Enabled, "kafka_sasl": cfg.Kafka.SASL.Mechanism,
+		"wechat": cfg.WeChat.BaseURL, "accounts": sortedKeys(cfg.WeChat.Accounts), "ops": opsAddr,
 		"max_in_flight": cfg.Processor.MaxInFlight, "dry_run": cfg.Processor.DryRun,
 		"procs": mode, "gomaxprocs": runtime.GOMAXPROCS(0),
 	}).Info("wxnotify started")
@@ -192,22 +218,21 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 		close(procsDone)
 	}
 
-	runErr := proc.Run(ctx)
+	runErr := p.Run(ctx)
 	stopReloads()
 	<-reloadsDone
 	stopProcs()
 	<-procsDone
-	if err := writer.Close(); err != nil {
+	if err := writer.Close(writerCloseTimeout); err != nil {
 		log.WithError(err).Warn("closing the kafka writer")
-	}
-	if ops != nil {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_ = ops.Shutdown(sctx)
-		cancel()
 	}
 	log.Info("wxnotify stopped")
 	return runErr
 }
+
+// writerCloseTimeout bounds the wait for outcome records still unacknowledged at shutdown
+// (Run has already waited for the in-flight work within processor.drain_timeout).
+const writerCloseTimeout = 15 * time.Second
 
 // procsMode is processor.procs as it applies: a GOMAXPROCS environment variable overrides it.
 func procsMode(cfg *Config) string {
@@ -267,12 +292,11 @@ func wechatConfig(cfg *Config) wechat.Config {
 }
 
 func processorConfig(cfg *Config) processor.Config {
-	start := kafka.FirstOffset
+	start := int64(kafkaio.FirstOffset)
 	if cfg.Kafka.StartOffset == "last" {
-		start = kafka.LastOffset
+		start = kafkaio.LastOffset
 	}
 	return processor.Config{
-		Brokers:           cfg.Kafka.Brokers,
 		GroupID:           cfg.Kafka.GroupID,
 		Topics:            cfg.Kafka.EventsTopic,
 		OutcomesTopic:     cfg.Kafka.OutcomesTopic,

@@ -38,7 +38,7 @@ type KafkaConfig struct {
 	EventsTopic       StringList    `yaml:"events_topic"`       // one topic or a list; required
 	OutcomesTopic     string        `yaml:"outcomes_topic"`     // default wxnotify.outcomes
 	DeadLetterTopic   string        `yaml:"dead_letter_topic"`  // default wxnotify.dlq
-	DelayTopic        string        `yaml:"delay_topic"`        // default wxnotify.delayed; quiet_hours (action delay) holds notifications there; created if missing
+	DelayTopic        string        `yaml:"delay_topic"`        // default wxnotify.delayed; quiet_hours (action delay) holds notifications there
 	StartOffset       string        `yaml:"start_offset"`       // first (default) or last, for partitions with no committed offset
 	SessionTimeout    time.Duration `yaml:"session_timeout"`    // default 10s
 	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"` // default 3s
@@ -47,8 +47,33 @@ type KafkaConfig struct {
 	// for a fetch while events keep arriving, and how long outcome records wait to share a
 	// produce request. Defaults 4ms and 0s (chosen with wxbench: see README, Performance); 0s
 	// turns them off. Neither affects correctness or commits.
-	FetchLinger   *time.Duration `yaml:"fetch_linger"`
-	ProduceLinger *time.Duration `yaml:"produce_linger"`
+	FetchLinger   *time.Duration  `yaml:"fetch_linger"`
+	ProduceLinger *time.Duration  `yaml:"produce_linger"`
+	ClientID      string          `yaml:"client_id"` // default wxnotify
+	TLS           KafkaTLSConfig  `yaml:"tls"`
+	SASL          KafkaSASLConfig `yaml:"sasl"`
+	// CreateTopics creates missing outcome, dead-letter and delay topics at start (for local and
+	// test setups; default false: a missing topic is a startup error). Events topics are never
+	// created.
+	CreateTopics bool `yaml:"create_topics"`
+}
+
+// KafkaTLSConfig is `kafka.tls:`. Every Kafka connection uses it.
+type KafkaTLSConfig struct {
+	Enabled            bool   `yaml:"enabled"`
+	CAFile             string `yaml:"ca_file"`              // PEM; the system roots when empty
+	CertFile           string `yaml:"cert_file"`            // client certificate for mutual TLS, with key_file
+	KeyFile            string `yaml:"key_file"`             //
+	ServerName         string `yaml:"server_name"`          // default: the broker's host
+	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"` // true logs a warning at start
+}
+
+// KafkaSASLConfig is `kafka.sasl:`. Every Kafka connection uses it.
+type KafkaSASLConfig struct {
+	Mechanism    string `yaml:"mechanism"` // PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; empty: no SASL
+	Username     string `yaml:"username"`
+	Password     string `yaml:"password"`      // ${ENV_VAR} only: a literal is refused
+	PasswordFile string `yaml:"password_file"` // or a file holding it
 }
 
 // WeChatConfig is the `wechat:` section.
@@ -183,6 +208,8 @@ func ParseConfig(raw []byte, lookup func(string) (string, bool)) (*Config, error
 var yamlKeyNames = strings.NewReplacer(
 	"in type app.Config", "at the top level",
 	"in type app.KafkaConfig", "under kafka",
+	"in type app.KafkaTLSConfig", "under kafka.tls",
+	"in type app.KafkaSASLConfig", "under kafka.sasl",
 	"in type app.WeChatConfig", "under wechat",
 	"in type app.AccountConfig", "under wechat.accounts.<name>",
 	"in type app.RetryConfig", "under wechat.retry",
@@ -237,12 +264,16 @@ func inComment(raw []byte, i int) bool {
 	return false
 }
 
-// checkSecretsAreReferences refuses a config whose wechat.accounts.*.secret is a literal: the
-// file is committed and mounted as a ConfigMap, so a secret in it leaks.
+// checkSecretsAreReferences refuses a config whose wechat.accounts.*.secret or
+// kafka.sasl.password is a literal: the file is committed and mounted as a ConfigMap, so a
+// secret in it leaks.
 func checkSecretsAreReferences(raw []byte) error {
 	var root yaml.Node
 	if err := yaml.Unmarshal(raw, &root); err != nil {
 		return fmt.Errorf("parse: %w", err)
+	}
+	if s := lookupNode(&root, "kafka", "sasl", "password"); s != nil && s.Value != "" && !envRef.MatchString(s.Value) {
+		return fmt.Errorf("line %d: kafka.sasl.password: a literal password is not allowed in the config file; write ${ENV_VAR} or use password_file", s.Line)
 	}
 	accounts := lookupNode(&root, "wechat", "accounts")
 	if accounts == nil || accounts.Kind != yaml.MappingNode {
@@ -294,6 +325,9 @@ func (c *Config) applyDefaults() {
 	}
 	if c.Kafka.StartOffset == "" {
 		c.Kafka.StartOffset = "first"
+	}
+	if c.Kafka.ClientID == "" {
+		c.Kafka.ClientID = "wxnotify"
 	}
 	if c.WeChat.BaseURL == "" {
 		c.WeChat.BaseURL = "https://api.weixin.qq.com"
@@ -373,6 +407,8 @@ func (c *Config) Validate() error {
 	if c.Kafka.StartOffset != "first" && c.Kafka.StartOffset != "last" {
 		bad("kafka.start_offset: %q is not first or last", c.Kafka.StartOffset)
 	}
+	errs = append(errs, c.Kafka.TLS.validate()...)
+	errs = append(errs, c.Kafka.SASL.validate()...)
 	// The wechat section is the client's config: its Validate names the keys as the file does.
 	// Only what the client never sees is checked here: where a secret comes from.
 	wc := wechatConfig(c)
@@ -426,11 +462,30 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// resolveFiles makes the rules path absolute and reads secret files.
+// resolveFiles makes the rules path absolute, reads secret files and checks the TLS files.
 func (c *Config) resolveFiles() error {
 	c.Rules.Path = c.path(c.Rules.Path)
 	if _, err := os.Stat(c.Rules.Path); err != nil {
 		return fmt.Errorf("rules.path: %w", err)
+	}
+	t := &c.Kafka.TLS
+	for _, f := range []*string{&t.CAFile, &t.CertFile, &t.KeyFile} {
+		if *f != "" {
+			*f = c.path(*f)
+		}
+	}
+	if _, err := c.Kafka.TLS.config(); err != nil {
+		return err
+	}
+	if f := c.Kafka.SASL.PasswordFile; f != "" {
+		b, err := os.ReadFile(c.path(f))
+		if err != nil {
+			return fmt.Errorf("kafka.sasl.password_file: %w", err)
+		}
+		c.Kafka.SASL.Password = strings.TrimSpace(string(b))
+		if c.Kafka.SASL.Password == "" {
+			return fmt.Errorf("kafka.sasl.password_file: file is empty")
+		}
 	}
 	for name, a := range c.WeChat.Accounts {
 		if a.SecretFile == "" {

@@ -150,41 +150,70 @@ func TestQuietHoursDelayThroughRun(t *testing.T) {
 	})
 }
 
-// A missing delay topic is created (wxnotify owns it) with the events topic's partition count,
-// and the processor runs; a missing events topic is a startup error naming the key, not an idle
-// consumer (kafka-go's group would get no partitions at all).
-func TestRunCreatesTheDelayTopicAndRefusesAMissingEventsTopic(t *testing.T) {
-	h := newHarness(t, wechatsim.Config{})
+// Topic checks have no side effects: a missing outcome or delay topic is a startup error naming
+// the key and how to create it, and the check does not create it even on a broker that
+// auto-creates topics on metadata requests. With kafka.create_topics the missing ones are
+// created, with the events topic's partition count. A missing events topic is always an error
+// (kafka-go's group would get no partitions at all and look idle).
+func TestTopicChecksNeverCreateAndCreateTopicsOptIn(t *testing.T) {
+	h := newHarness(t, wechatsim.Config{}, kfake.AllowAutoTopicCreation())
 	h.cfg.Kafka.DelayTopic = "wxnotify.delayed.new"
+	h.cfg.Kafka.OutcomesTopic = "wxnotify.outcomes.new"
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	err := Run(ctx, h.cfg, Options{Log: h.log, Rules: h.set, Listener: newLocalListener(t)})
+	for _, want := range []string{
+		`kafka.outcomes_topic: topic "wxnotify.outcomes.new" does not exist; create it (kafka-topics.sh --bootstrap-server ` + h.broker + ` --create --topic wxnotify.outcomes.new --partitions 4) or, for local and test setups, set kafka.create_topics: true`,
+		`kafka.delay_topic: topic "wxnotify.delayed.new" does not exist`,
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("Run = %v\nwant it to contain %s", err, want)
+		}
+	}
+	// Asked without auto-creation (metadata v4+ through kafka-go's Transport), unlike kafka-go's
+	// Conn.ReadPartitions, which would create the topic on this broker.
+	meta, err := (&kafka.Client{Addr: kafka.TCP(h.broker), Transport: &kafka.Transport{}}).Metadata(ctx, &kafka.MetadataRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, topic := range meta.Topics {
+		if topic.Name == "wxnotify.outcomes.new" || topic.Name == "wxnotify.delayed.new" {
+			t.Fatalf("the topic check created %s", topic.Name)
+		}
+	}
+
+	h.cfg.Kafka.CreateTopics = true
 	h.start()
 	h.produce("events", event("e-1", "order.paid", "u1"))
-	h.outcomes(2, 20*time.Second)
-	parts, err := TopicPartitions(context.Background(), h.broker, "wxnotify.delayed.new")
-	if err != nil || len(parts) != testPartitions {
-		t.Fatalf("delay topic: %d partitions (err %v), want %d", len(parts), err, testPartitions)
+	if got := h.readTopic("wxnotify.outcomes.new", 2, 20*time.Second); len(got) != 2 {
+		t.Fatalf("%d outcomes on the created topic, want 2", len(got))
+	}
+	for _, topic := range []string{"wxnotify.outcomes.new", "wxnotify.delayed.new"} {
+		parts, err := TopicPartitions(ctx, h.broker, topic)
+		if err != nil || len(parts) != testPartitions {
+			t.Fatalf("%s: %d partitions (err %v), want %d", topic, len(parts), err, testPartitions)
+		}
 	}
 
 	h2 := newHarness(t, wechatsim.Config{})
 	h2.cfg.Kafka.EventsTopic = StringList{"no.such.topic"}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	h2.cfg.Kafka.CreateTopics = true
 	err = Run(ctx, h2.cfg, Options{Log: h2.log, Rules: h2.set, Listener: newLocalListener(t)})
-	if err == nil || !strings.Contains(err.Error(), `kafka.events_topic: topic "no.such.topic" does not exist`) {
+	if err == nil || !strings.Contains(err.Error(), `kafka.events_topic: topic "no.such.topic" does not exist (wxnotify never creates the events topics)`) {
 		t.Fatalf("Run = %v", err)
 	}
 }
 
-// A missing delay topic that the broker will not let us create is a startup error naming the key
-// and what to create.
-func TestRunReportsADelayTopicItCannotCreate(t *testing.T) {
+// A missing topic that kafka.create_topics cannot create is a startup error naming the key.
+func TestCreateTopicsRefused(t *testing.T) {
 	h := newHarness(t, wechatsim.Config{})
 	h.cfg.Kafka.DelayTopic = "wxnotify.delayed.denied"
+	h.cfg.Kafka.CreateTopics = true
 	h.cluster.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.CreateTopics}, Err: kerr.TopicAuthorizationFailed, Count: -1})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	err := Run(ctx, h.cfg, Options{Log: h.log, Rules: h.set, Listener: newLocalListener(t)})
-	if err == nil || !strings.Contains(err.Error(), `kafka.delay_topic: topic "wxnotify.delayed.denied" does not exist and could not be created`) ||
-		!strings.Contains(err.Error(), "create it with 4 partitions") {
+	if err == nil || !strings.Contains(err.Error(), `kafka.create_topics: create topic "wxnotify.delayed.denied": [29] Topic Authorization Failed`) {
 		t.Fatalf("Run = %v", err)
 	}
 }

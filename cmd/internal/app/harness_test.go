@@ -94,6 +94,11 @@ func newHarness(t *testing.T, simCfg wechatsim.Config, kopts ...kfake.Opt) *harn
 	log.SetLevel(logrus.DebugLevel)
 	h := &harness{t: t, cluster: cluster, kopts: kopts, broker: cluster.ListenAddrs()[0], sim: sim, cfg: cfg, set: set, log: log, logBuf: buf}
 	t.Cleanup(func() { h.cluster.Close() })
+	t.Cleanup(func() {
+		if t.Failed() && os.Getenv("WXNOTIFY_TEST_LOG") != "" {
+			t.Logf("processor log:\n%s", buf.String())
+		}
+	})
 	return h
 }
 

@@ -1,6 +1,0 @@
-//go:build linux && !race
-
-package rawsock
-
-func raceReleaseIO(uintptr) {}
-func raceAcquireIO(uintptr) {}
