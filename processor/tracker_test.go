@@ -125,3 +125,199 @@ func TestTrackerResetMovesTheCommitPointBack(t *testing.T) {
 		t.Errorf("commit point %d, want 6", cp)
 	}
 }
+
+// Memory follows the span from the commit point, not the events finished behind an
+// unfinished one: a million finished offsets behind one stuck offset cost a bit each, and once
+// the stuck one finishes the bitset starts over.
+func TestTrackerSpanAndMemory(t *testing.T) {
+	tr := newTracker(0)
+	stuck := tr.add(0)
+	for o := int64(1); o <= 1_000_000; o++ {
+		tr.add(o).finish()
+	}
+	if got := tr.span(); got != 1_000_001 {
+		t.Fatalf("span = %d, want 1000001", got)
+	}
+	if got := tr.commitPoint(); got != 0 {
+		t.Fatalf("commit point = %d, want 0", got)
+	}
+	if words := len(tr.words); words > 1_000_001/64+2 {
+		t.Fatalf("%d words for a span of 1000001", words)
+	}
+	stuck.finish()
+	if got := tr.commitPoint(); got != 1_000_001 {
+		t.Fatalf("commit point after the stuck offset finished = %d, want 1000001", got)
+	}
+	if tr.span() != 0 {
+		t.Fatalf("span = %d, want 0", tr.span())
+	}
+	tr.add(5_000_000) // a jump (compaction gap) with nothing unfinished costs nothing
+	if len(tr.words) > 1 {
+		t.Fatalf("%d words after a jump with nothing unfinished", len(tr.words))
+	}
+}
+
+// The commit metadata lists exactly the offsets finished beyond the commit point; decoded by a
+// new owner it names which offsets to pass over, and everything else is redone.
+func TestCommitMetadataRoundTrip(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, tc := range []struct {
+		name     string
+		n        int
+		finished float64
+		gaps     bool
+	}{
+		{"mostly finished", 2000, 0.95, false},
+		{"half finished", 2000, 0.5, false},
+		{"few finished", 500, 0.05, true},
+		{"alternating", 3000, -1, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := newTracker(1000)
+			var slots []slot
+			off := int64(1000)
+			for i := 0; i < tc.n; i++ {
+				slots = append(slots, tr.add(off))
+				off++
+				if tc.gaps && i%7 == 0 {
+					off += 3
+				}
+			}
+			done := map[int64]bool{}
+			for i, s := range slots {
+				fin := rng.Float64() < tc.finished
+				if tc.finished < 0 {
+					fin = i%2 == 1
+				}
+				if i == 0 {
+					fin = false // the commit point stays at the first
+				}
+				if fin {
+					s.finish()
+					done[s.offset] = true
+				}
+			}
+			cp, meta := tr.state(defaultMetaBudget)
+			if cp != 1000 {
+				t.Fatalf("commit point %d, want 1000", cp)
+			}
+			if len(meta) > defaultMetaBudget {
+				t.Fatalf("metadata of %d bytes, budget %d", len(meta), defaultMetaBudget)
+			}
+			fs, err := decodeFinished(cp, meta)
+			if err != nil {
+				t.Fatal(err)
+			}
+			covered := 0
+			for _, s := range slots {
+				if s.offset >= fs.end {
+					continue
+				}
+				covered++
+				if got := fs.contains(s.offset); got != done[s.offset] {
+					t.Fatalf("offset %d: restored finished = %v, want %v", s.offset, got, done[s.offset])
+				}
+			}
+			if tc.finished != -1 && covered != len(slots) {
+				t.Fatalf("the metadata covers %d of %d offsets within %d bytes", covered, len(slots), defaultMetaBudget)
+			}
+			if tc.finished == -1 && covered < 3000 {
+				t.Fatalf("alternating offsets: only %d covered within %d bytes", covered, defaultMetaBudget)
+			}
+		})
+	}
+}
+
+// When the finished offsets do not fit, the metadata covers a prefix: offsets past it count as
+// unfinished (redone), never as finished.
+func TestCommitMetadataDegradesToAPrefix(t *testing.T) {
+	tr := newTracker(0)
+	var slots []slot
+	for o := int64(0); o < 200_000; o++ {
+		slots = append(slots, tr.add(o))
+	}
+	for i, s := range slots {
+		if i%3 != 0 {
+			s.finish()
+		}
+	}
+	_, meta := tr.state(400)
+	if len(meta) > 400 || meta == "" {
+		t.Fatalf("metadata of %d bytes, want 1..400", len(meta))
+	}
+	fs, err := decodeFinished(0, meta)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fs.end <= 0 || fs.end >= 200_000 {
+		t.Fatalf("covers up to %d", fs.end)
+	}
+	for o := int64(0); o < 200_000; o++ {
+		if fs.contains(o) != (o < fs.end && o%3 != 0) {
+			t.Fatalf("offset %d: finished = %v", o, fs.contains(o))
+		}
+	}
+}
+
+// A restored set carries over into the next commits until its offsets are fetched again, so a
+// second restart before they are reached still skips them.
+func TestRestoredFinishedCarriesOver(t *testing.T) {
+	tr := newTracker(0)
+	for o := int64(0); o < 100; o++ {
+		if s := tr.add(o); o >= 10 && o%2 == 0 {
+			s.finish()
+		}
+	}
+	_, meta := tr.state(defaultMetaBudget)
+	fs, err := decodeFinished(0, meta)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	next := newTracker(0)
+	next.restore(fs)
+	next.add(0) // re-fetched, in flight again
+	for o := int64(1); o < 20; o++ {
+		if next.restoredFinished(o) {
+			next.pass(o)
+		} else {
+			next.add(o)
+		}
+	}
+	_, meta2 := next.state(defaultMetaBudget)
+	fs2, err := decodeFinished(0, meta2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for o := int64(0); o < 100; o++ {
+		if want := o >= 10 && o%2 == 0; fs2.contains(o) != want {
+			t.Fatalf("offset %d: finished = %v after the second restart, want %v", o, fs2.contains(o), want)
+		}
+	}
+}
+
+func TestDecodeFinishedRefusesForeignOrMismatched(t *testing.T) {
+	tr := newTracker(7)
+	tr.add(7)
+	tr.add(8).finish()
+	_, meta := tr.state(defaultMetaBudget)
+	for _, tc := range []struct {
+		committed int64
+		meta      string
+		wantErr   bool
+	}{
+		{7, meta, false},
+		{8, meta, true},             // another offset was committed with this metadata
+		{7, "", false},              // nothing recorded
+		{7, "kcat was here", false}, // someone else's metadata: ignored
+		{7, "wxn1r:!!!", true},      // ours, damaged
+	} {
+		fs, err := decodeFinished(tc.committed, tc.meta)
+		if (err != nil) != tc.wantErr {
+			t.Errorf("decode(%d, %q): err %v, want error %v", tc.committed, tc.meta, err, tc.wantErr)
+		}
+		if err != nil && len(fs.ranges) != 0 {
+			t.Errorf("decode(%d, %q) restored %v with an error", tc.committed, tc.meta, fs.ranges)
+		}
+	}
+}
