@@ -86,6 +86,18 @@ func TestParseConfigErrorsNameTheKey(t *testing.T) {
 			[]string{"rules.zone:"}},
 		{"unknown procs mode", minimalConfig + "processor: {procs: 4}\n", map[string]string{"APPID": "a", "SECRET": "b"},
 			[]string{`processor.procs: "4" is not adaptive or all`}},
+		{"literal kafka password refused", strings.Replace(minimalConfig, "events_topic: events", "events_topic: events\n  sasl: {mechanism: PLAIN, username: u, password: plaintext}", 1), map[string]string{"APPID": "a", "SECRET": "b"},
+			[]string{"line 5: kafka.sasl.password: a literal password is not allowed in the config file; write ${ENV_VAR} or use password_file"}},
+		{"kafka sasl incomplete", strings.Replace(minimalConfig, "events_topic: events", "events_topic: events\n  sasl: {mechanism: SCRAM-SHA-1, password: \"${KPASS}\"}", 1), map[string]string{"APPID": "a", "SECRET": "b"},
+			[]string{`kafka.sasl.mechanism: "SCRAM-SHA-1" is not PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512`, "kafka.sasl.username: empty", "kafka.sasl.password: empty (set the environment variable it names, or password_file)", "environment variables not set: KPASS"}},
+		{"kafka password without mechanism", strings.Replace(minimalConfig, "events_topic: events", "events_topic: events\n  sasl: {username: u}", 1), map[string]string{"APPID": "a", "SECRET": "b"},
+			[]string{"kafka.sasl.mechanism: required with a username or password"}},
+		{"kafka tls files without tls", strings.Replace(minimalConfig, "events_topic: events", "events_topic: events\n  tls: {ca_file: ca.pem}", 1), map[string]string{"APPID": "a", "SECRET": "b"},
+			[]string{"kafka.tls.ca_file: set, but kafka.tls.enabled is false"}},
+		{"kafka client certificate without key", strings.Replace(minimalConfig, "events_topic: events", "events_topic: events\n  tls: {enabled: true, cert_file: c.pem}", 1), map[string]string{"APPID": "a", "SECRET": "b"},
+			[]string{"kafka.tls.cert_file: cert_file and key_file go together"}},
+		{"unknown kafka tls key", strings.Replace(minimalConfig, "events_topic: events", "events_topic: events\n  tls: {enable: true}", 1), map[string]string{"APPID": "a", "SECRET": "b"},
+			[]string{"field enable not found under kafka.tls"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := ParseConfig([]byte(tc.text), env(tc.env))
@@ -193,5 +205,48 @@ func TestLingerKeys(t *testing.T) {
 	}
 	if got := processorConfig(cfg).FetchLinger; got >= 0 {
 		t.Errorf("fetch_linger: 0s gave processor FetchLinger %v, want negative (off)", got)
+	}
+}
+
+// Kafka TLS files and the SASL password file are read at load, relative to the config file,
+// and a missing or wrong one is named by its key.
+func TestLoadConfigKafkaSecurityFiles(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "rules"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write := func(name, text string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("kafka-password", "s3cret\n")
+	write("not-a-cert.pem", "hello\n")
+	base := strings.Replace(minimalConfig, `"${APPID}", secret: "${SECRET}"`, `"wx1", secret_file: secret`, 1)
+	write("secret", "x")
+	for _, tc := range []struct {
+		name, kafka, want string
+	}{
+		{"password file read", "  sasl: {mechanism: SCRAM-SHA-512, username: u, password_file: kafka-password}\n", ""},
+		{"password file missing", "  sasl: {mechanism: PLAIN, username: u, password_file: nope}\n", "kafka.sasl.password_file: open "},
+		{"ca file missing", "  tls: {enabled: true, ca_file: missing.pem}\n", "kafka.tls.ca_file: open "},
+		{"ca file not PEM", "  tls: {enabled: true, ca_file: not-a-cert.pem}\n", "kafka.tls.ca_file: " + filepath.Join(dir, "not-a-cert.pem") + " holds no PEM certificate"},
+		{"client certificate unreadable", "  tls: {enabled: true, cert_file: not-a-cert.pem, key_file: not-a-cert.pem}\n", "kafka.tls.cert_file: tls: failed to find any PEM data"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			write("c.yaml", strings.Replace(base, "events_topic: events\n", "events_topic: events\n"+tc.kafka, 1))
+			cfg, err := LoadConfig(filepath.Join(dir, "c.yaml"))
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatal(err)
+			case tc.want == "":
+				if cfg.Kafka.SASL.Password != "s3cret" {
+					t.Fatalf("password %q", cfg.Kafka.SASL.Password)
+				}
+			case err == nil || !strings.Contains(err.Error(), tc.want):
+				t.Fatalf("LoadConfig = %v, want %q", err, tc.want)
+			}
+		})
 	}
 }

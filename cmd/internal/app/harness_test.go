@@ -2,8 +2,10 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"github.com/segmentio/kafka-go/sasl"
 	"net"
 	"os"
 	"strings"
@@ -34,6 +36,39 @@ type harness struct {
 	set     *rules.Set
 	log     *logrus.Logger
 	logBuf  *syncBuffer
+	// tls and sasl, when set, are what the test's own clients connect with (the broker requires
+	// them).
+	tls  *tls.Config
+	sasl sasl.Mechanism
+}
+
+// transport returns a fresh kafka-go transport for the test's own requests.
+func (h *harness) transport() *kafka.Transport {
+	return &kafka.Transport{TLS: h.tls, SASL: h.sasl}
+}
+
+// dialer returns a kafka-go dialer for the test's own readers.
+func (h *harness) dialer() *kafka.Dialer {
+	return &kafka.Dialer{Timeout: 10 * time.Second, DualStack: true, TLS: h.tls, SASLMechanism: h.sasl}
+}
+
+// partitions returns the partition ids of topic (none: the topic does not exist). It never
+// creates a topic.
+func (h *harness) partitions(ctx context.Context, topic string) []int {
+	h.t.Helper()
+	meta, err := (&kafka.Client{Addr: kafka.TCP(h.broker), Transport: h.transport()}).Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
+	if err != nil {
+		h.t.Fatalf("metadata: %v", err)
+	}
+	var ids []int
+	for _, t := range meta.Topics {
+		if t.Name == topic && t.Error == nil {
+			for _, p := range t.Partitions {
+				ids = append(ids, p.ID)
+			}
+		}
+	}
+	return ids
 }
 
 const (
@@ -172,7 +207,7 @@ func (h *harness) sampleEvents() []kafka.Message {
 func (h *harness) produce(topic string, msgs ...kafka.Message) {
 	h.t.Helper()
 	w := &kafka.Writer{Addr: kafka.TCP(h.broker), Topic: topic, Balancer: &kafka.Hash{}, RequiredAcks: kafka.RequireAll,
-		BatchTimeout: time.Millisecond, BatchSize: 1000, Transport: &kafka.Transport{}}
+		BatchTimeout: time.Millisecond, BatchSize: 1000, Transport: h.transport()}
 	defer w.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -187,10 +222,7 @@ func (h *harness) readTopic(topic string, n int, timeout time.Duration) []kafka.
 	h.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	parts, err := TopicPartitions(ctx, h.broker, topic)
-	if err != nil {
-		h.t.Fatal(err)
-	}
+	parts := h.partitions(ctx, topic)
 	var (
 		mu  sync.Mutex
 		out []kafka.Message
@@ -199,7 +231,7 @@ func (h *harness) readTopic(topic string, n int, timeout time.Duration) []kafka.
 	rctx, rcancel := context.WithCancel(ctx)
 	defer rcancel()
 	for _, p := range parts {
-		r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{h.broker}, Topic: topic, Partition: p.ID, MaxWait: 50 * time.Millisecond})
+		r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{h.broker}, Dialer: h.dialer(), Topic: topic, Partition: p, MaxWait: 50 * time.Millisecond})
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -317,7 +349,7 @@ func (h *harness) restartBroker(outage time.Duration) {
 // committed returns the group's committed offset per partition of the events topic (-1: none).
 func (h *harness) committed() map[int]int64 {
 	h.t.Helper()
-	c := &kafka.Client{Addr: kafka.TCP(h.broker), Transport: &kafka.Transport{}}
+	c := &kafka.Client{Addr: kafka.TCP(h.broker), Transport: h.transport()}
 	parts := make([]int, testPartitions)
 	for i := range parts {
 		parts[i] = i
@@ -336,7 +368,7 @@ func (h *harness) committed() map[int]int64 {
 // endOffsets returns the high watermark per partition of topic.
 func (h *harness) endOffsets(topic string) map[int]int64 {
 	h.t.Helper()
-	c := &kafka.Client{Addr: kafka.TCP(h.broker), Transport: &kafka.Transport{}}
+	c := &kafka.Client{Addr: kafka.TCP(h.broker), Transport: h.transport()}
 	req := &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{}}
 	for i := 0; i < testPartitions; i++ {
 		req.Topics[topic] = append(req.Topics[topic], kafka.LastOffsetOf(i))
@@ -416,7 +448,7 @@ func (h *harness) readUpTo(topic string, ends map[int]int64) []kafka.Message {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{h.broker}, Topic: topic, Partition: p, MaxWait: 50 * time.Millisecond})
+			r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{h.broker}, Dialer: h.dialer(), Topic: topic, Partition: p, MaxWait: 50 * time.Millisecond})
 			defer r.Close()
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
