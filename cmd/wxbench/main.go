@@ -66,7 +66,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.maxInFlight, "max-in-flight", 1024, "processor.max_in_flight")
 	fs.StringVar(&o.fetchLinger, "fetch-linger", "", "kafka.fetch_linger (default: the config default)")
 	fs.StringVar(&o.produceLinger, "produce-linger", "", "kafka.produce_linger (default: the config default)")
-	fs.StringVar(&o.procs, "procs", "adaptive", "processor.procs: adaptive or all (-inprocess: always all, the bench shares the process)")
+	fs.StringVar(&o.procs, "procs", "all", "processor.procs: all or adaptive (-inprocess: always all, the bench shares the process)")
 	fs.IntVar(&o.partitions, "partitions", 8, "partitions of the events topic")
 	fs.IntVar(&o.users, "users", 20000, "distinct recipients the events are spread over")
 	fs.StringVar(&o.rulesDir, "rules", "", "rule file or directory to use instead of the embedded bench rules (one send per event)")

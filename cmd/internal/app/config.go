@@ -124,9 +124,9 @@ type ProcessorConfig struct {
 	DryRun         bool          `yaml:"dry_run"`          // everything but the WeChat call
 	MaxDelayed     int           `yaml:"max_delayed"`      // delayed notifications held in memory until their time, default 10000
 	ControlMaxKeys int           `yaml:"control_max_keys"` // dedupe keys, and throttle keys, kept per rule, default 1000000
-	// Procs: adaptive (default) runs the Go scheduler on one P while the process uses under
-	// 0.3 cores and on Go's default (the CPU limit) over 0.6; all keeps Go's default. A
-	// GOMAXPROCS environment variable overrides both.
+	// Procs: all (default) keeps Go's own GOMAXPROCS (container-aware); adaptive (opt-in) runs
+	// the Go scheduler on one P while the process uses under 0.3 cores and on Go's default over
+	// 0.6. A GOMAXPROCS environment variable overrides both.
 	Procs string `yaml:"procs"`
 }
 
@@ -351,7 +351,7 @@ func (c *Config) applyDefaults() {
 		c.Processor.ControlMaxKeys = 1000000
 	}
 	if c.Processor.Procs == "" {
-		c.Processor.Procs = ProcsAdaptive
+		c.Processor.Procs = ProcsAll
 	}
 	if c.WeChat.MaxConns == 0 {
 		c.WeChat.MaxConns = c.Processor.MaxInFlight

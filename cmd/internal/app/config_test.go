@@ -39,7 +39,7 @@ func TestParseConfigDefaultsAndExpansion(t *testing.T) {
 		{"rules.path", cfg.Rules.Path, "rules"},
 		{"rules.zone", cfg.Rules.Zone, "Asia/Shanghai"},
 		{"http.addr", cfg.HTTP.Addr, ":9464"},
-		{"processor.procs", cfg.Processor.Procs, "adaptive"},
+		{"processor.procs", cfg.Processor.Procs, "all"},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s = %q, want %q", c.name, c.got, c.want)
