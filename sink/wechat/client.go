@@ -51,6 +51,9 @@ type Request struct {
 	// RetryOnTimeout allows retrying after a timeout (or an unreadable answer) on an API with no
 	// idempotency key, accepting that the user may get the message twice.
 	RetryOnTimeout bool
+	// MaxAttempts, when positive, bounds this send's attempts below the retry policy's (a probe
+	// of an (account, API) that keeps failing makes one).
+	MaxAttempts int
 }
 
 // Result is the outcome of a Send.
@@ -69,6 +72,10 @@ type Result struct {
 	Attempts int
 	// Class says what the outcome means; see Classify.
 	Class Class
+	// Ambiguous is set on a transient Result that must not be retried: the request may have
+	// reached WeChat (a timeout, a connection cut after the request went out) and the API has
+	// no idempotency key, so a retry could deliver the message twice.
+	Ambiguous bool
 }
 
 // OK reports whether WeChat accepted the message.
@@ -272,7 +279,11 @@ func (c *Client) Send(ctx context.Context, req Request) Result {
 func (c *Client) send(ctx context.Context, a *account, st *apiState, req *Request, start time.Time) (r Result, answered bool) {
 	deadline := start.Add(c.cfg.Retry.Deadline)
 	tokenRetried := false
-	failures := 0 // retryable failures so far; bounded by MaxAttempts
+	failures := 0 // retryable failures so far; bounded by maxAttempts
+	maxAttempts := c.cfg.Retry.MaxAttempts
+	if req.MaxAttempts > 0 && req.MaxAttempts < maxAttempts {
+		maxAttempts = req.MaxAttempts
+	}
 	for {
 		if err := ctx.Err(); err != nil {
 			return gaveUp(r, err), false
@@ -295,7 +306,7 @@ func (c *Client) send(ctx context.Context, a *account, st *apiState, req *Reques
 				return r, false
 			}
 			failures++
-			if res, ok := c.backoff(ctx, st, failures, deadline, r); !ok {
+			if res, ok := c.backoff(ctx, st, failures, maxAttempts, deadline, r); !ok {
 				return res, false
 			}
 			continue
@@ -325,7 +336,7 @@ func (c *Client) send(ctx context.Context, a *account, st *apiState, req *Reques
 			}
 			c.pauseMinute(st, o.msg)
 			failures++
-			if failures >= c.cfg.Retry.MaxAttempts {
+			if failures >= maxAttempts {
 				return r, true
 			}
 			c.m.retries.WithLabelValues(st.api.Name, string(ClassQuota)).Inc()
@@ -336,10 +347,11 @@ func (c *Client) send(ctx context.Context, a *account, st *apiState, req *Reques
 			}
 			if o.ambiguous && st.api.IdempotencyField == "" && !req.RetryOnTimeout {
 				r.ErrMsg += "; the message may have been sent: " + st.api.Name + " has no idempotency key, not retried"
+				r.Ambiguous = true
 				return r, !o.noAnswer
 			}
 			failures++
-			if res, ok := c.backoff(ctx, st, failures, deadline, r); !ok {
+			if res, ok := c.backoff(ctx, st, failures, maxAttempts, deadline, r); !ok {
 				return res, !o.noAnswer
 			}
 		}
@@ -347,8 +359,8 @@ func (c *Client) send(ctx context.Context, a *account, st *apiState, req *Reques
 }
 
 // backoff waits before retry number failures (full jitter), or says why not.
-func (c *Client) backoff(ctx context.Context, st *apiState, failures int, deadline time.Time, r Result) (Result, bool) {
-	if failures >= c.cfg.Retry.MaxAttempts {
+func (c *Client) backoff(ctx context.Context, st *apiState, failures, maxAttempts int, deadline time.Time, r Result) (Result, bool) {
+	if failures >= maxAttempts {
 		return r, false
 	}
 	ceiling := c.cfg.Retry.MaxDelay

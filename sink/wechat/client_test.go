@@ -640,13 +640,31 @@ func TestTimeoutWithoutIdempotencyKey(t *testing.T) {
 			if r.Class != ClassTransient || r.ErrCode != ErrNoAnswer || r.Attempts != tt.attempts || !strings.Contains(r.ErrMsg, "timeout") {
 				t.Fatalf("Send = %+v", r)
 			}
-			if may := strings.Contains(r.ErrMsg, "may have been sent"); may != (tt.attempts == 1) {
-				t.Errorf("ErrMsg %q: 'may have been sent' = %v", r.ErrMsg, may)
+			if may := strings.Contains(r.ErrMsg, "may have been sent"); may != (tt.attempts == 1) || r.Ambiguous != may {
+				t.Errorf("ErrMsg %q: 'may have been sent' = %v, Ambiguous %v", r.ErrMsg, may, r.Ambiguous)
 			}
 			if got := int(e.f.sendHits.Load()); got != tt.attempts {
 				t.Errorf("WeChat saw %d sends", got)
 			}
 		})
+	}
+}
+
+// A probe's MaxAttempts bounds the attempts below the policy's: one call, then the transient
+// answer, without the backoff.
+func TestRequestMaxAttempts(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.Retry.MaxAttempts = 4 })
+	if err := e.c.CheckTokens(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	e.f.answers(-1, -1, -1, -1)
+	req := subscribe("weapp")
+	req.MaxAttempts = 1
+	if r := e.c.Send(context.Background(), req); r.Class != ClassTransient || r.Attempts != 1 || r.Ambiguous {
+		t.Fatalf("Send = %+v, want one transient attempt", r)
+	}
+	if got := e.f.sendHits.Load(); got != 1 {
+		t.Fatalf("WeChat saw %d sends, want 1", got)
 	}
 }
 
