@@ -160,7 +160,7 @@ func describeNode(n *yaml.Node) string {
 }
 
 var ruleKeys = []string{"name", "description", "when", "account", "api", "message",
-	"retry_on_timeout", "truncate", "dry_run", "expire_after", "dedupe", "throttle", "quiet_hours"}
+	"retry_on_timeout", "truncate", "dry_run", "expire_after", "dedupe", "throttle", "quiet_hours", "on_daily_quota"}
 
 // mapping collects a mapping's values by key, reporting unknown and duplicate keys.
 func (p *fileParser) mapping(r *Rule, n *yaml.Node, prefix string, known []string) (vals, keys map[string]*yaml.Node) {
@@ -254,6 +254,17 @@ func (p *fileParser) parseRule(n *yaml.Node) *Rule {
 	}
 	if v := vals["quiet_hours"]; v != nil {
 		p.parseQuietHours(r, v)
+	}
+	r.OnDailyQuota = DailyQuotaFail
+	if v := vals["on_daily_quota"]; v != nil {
+		if s, ok := p.str(r, "on_daily_quota", v); ok {
+			switch s {
+			case DailyQuotaFail, DailyQuotaDelay:
+				r.OnDailyQuota = s
+			default:
+				p.add(r, v, "on_daily_quota", fmt.Sprintf("%q is not fail or delay", s))
+			}
+		}
 	}
 	return r
 }

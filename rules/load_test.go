@@ -115,7 +115,7 @@ r.yaml:2:5: message: missing`,
     colour: red
     message: {touser: a, template_id: b, data: {}}
 `,
-			want: `r.yaml:6:5: rule "r1": colour: unknown field (known: name, description, when, account, api, message, retry_on_timeout, truncate, dry_run, expire_after, dedupe, throttle, quiet_hours)`,
+			want: `r.yaml:6:5: rule "r1": colour: unknown field (known: name, description, when, account, api, message, retry_on_timeout, truncate, dry_run, expire_after, dedupe, throttle, quiet_hours, on_daily_quota)`,
 		},
 		{
 			name: "unknown top-level key and duplicate rule key",
@@ -338,6 +338,18 @@ r.yaml:8:50: rule "r1": throttle.key: expected name`,
 r.yaml:7:40: rule "r1": quiet_hours.end: invalid time of day "8:00" (want HH:MM, 00:00 to 23:59)
 r.yaml:7:54: rule "r1": quiet_hours.zone: unknown time zone "Mars/Olympus" (want an IANA name like Asia/Shanghai)
 r.yaml:7:76: rule "r1": quiet_hours.action: want skip or delay, got "drop"`,
+		},
+		{
+			name: "bad on_daily_quota",
+			yaml: `rules:
+  - name: r1
+    when: "true"
+    account: weapp
+    api: template.send
+    message: {touser: a, template_id: b, data: {}}
+    on_daily_quota: retry
+`,
+			want: `r.yaml:7:21: rule "r1": on_daily_quota: "retry" is not fail or delay`,
 		},
 		{
 			name: "quiet_hours equal ends and missing action",

@@ -21,6 +21,7 @@
 //	      data:
 //	        keyword1: {value: "${yuan(event.order.amount_fen)}"}
 //	    retry_on_timeout: false   # allow retrying a timed-out call on APIs with no idempotency key
+//	    on_daily_quota: fail      # or delay: wait for the quota reset (00:00 Beijing) in the delay topic
 //	    truncate: false           # truncate over-long subscribe/OA values with "…" instead of rejecting
 //	    dry_run: false
 //	    expire_after: 30m         # Go duration
@@ -177,6 +178,9 @@ type Rule struct {
 	Dedupe      *Dedupe
 	Throttle    *Throttle
 	QuietHours  *QuietHours
+	// OnDailyQuota is what WeChat's daily quota (45009) means for the rule's notifications:
+	// DailyQuotaFail (the default) or DailyQuotaDelay.
+	OnDailyQuota string
 
 	nameLine, nameCol int
 	when              *vm.Program
@@ -184,6 +188,15 @@ type Rule struct {
 	staticCaptures    [3]string // touser, template ids (by wxapi TemplateIDPaths) when static
 	dedupe, throttle  *keyExpr
 }
+
+// Values of Rule.OnDailyQuota.
+const (
+	// DailyQuotaFail ends the notification failed with errcode 45009.
+	DailyQuotaFail = "fail"
+	// DailyQuotaDelay keeps the notification in the delay topic until the quota resets at 00:00
+	// Beijing time, unless expire_after ends it first.
+	DailyQuotaDelay = "delay"
+)
 
 // Dedupe asks the processor to drop a notification whose Key was already sent within Window.
 type Dedupe struct {

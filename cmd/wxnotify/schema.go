@@ -206,6 +206,8 @@ func rulesSchema() object {
 					"end", obj("type", "string", "pattern", clockPattern, "description", "HH:MM"),
 					"zone", obj("type", "string", "minLength", 1, "description", "IANA zone; default rules.zone (Asia/Shanghai)."),
 					"action", obj("enum", []string{"skip", "delay"}))),
+			"on_daily_quota", obj("enum", []string{"fail", "delay"}, "default", "fail",
+				"description", "What WeChat's daily quota (45009) means for this rule: fail, or delay until 00:00 Beijing time (in the delay topic; expire_after still applies)."),
 		),
 		"allOf", cond,
 	)
