@@ -52,7 +52,7 @@ func (p *Processor) gate(ev *event, note *rules.Notification) bool {
 	}
 	if q := r.QuietHours; q != nil && q.Contains(now) {
 		if q.Action == rules.QuietDelay && p.cfg.DelayTopic != "" {
-			p.delay(ev, note, q.NextEnd(now))
+			p.delay(ev, note, q.NextEnd(now), "quiet_hours: "+formatQuiet(q))
 			return true
 		}
 		why := "quiet_hours: " + formatQuiet(q)

@@ -34,7 +34,7 @@ func (c *fakeClock) Set(t time.Time) {
 }
 func (c *fakeClock) Add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
 
-// fakeSender answers every send with ok unless fail says otherwise; gate, when set, holds each
+// fakeSender answers every send with ok unless fail says otherwise (then 43101, final); gate, when set, holds each
 // call until a value is received.
 type fakeSender struct {
 	mu   sync.Mutex
@@ -52,7 +52,8 @@ func (s *fakeSender) Send(_ context.Context, req wechat.Request) wechat.Result {
 	fail := s.fail != nil && s.fail(req)
 	s.mu.Unlock()
 	if fail {
-		return wechat.Result{ErrCode: -1, ErrMsg: "system error", Attempts: 1, Class: wechat.ClassTransient}
+		// A final failure: a transient one would be held (hold.go), not failed.
+		return wechat.Result{ErrCode: 43101, ErrMsg: "user refuse to accept the msg", Attempts: 1, Class: wechat.ClassPermanent}
 	}
 	return wechat.Result{MsgID: 1, Attempts: 1, Class: wechat.ClassOK}
 }
@@ -253,7 +254,7 @@ func TestDedupe(t *testing.T) {
 	// A failed send does not record the key: the business event can be retried.
 	w.send.fail = func(r wechat.Request) bool { return strings.Contains(string(r.Body), "o-c") }
 	w.event("c", "u1", time.Time{})
-	wantOutcome(t, w.last(5), StatusFailed, "system error")
+	wantOutcome(t, w.last(5), StatusFailed, "user refuse to accept the msg")
 	w.send.mu.Lock()
 	w.send.fail = nil
 	w.send.mu.Unlock()

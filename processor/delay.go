@@ -10,6 +10,7 @@ import (
 
 	"github.com/wxnotify/wxnotify/kafkaio"
 	"github.com/wxnotify/wxnotify/rules"
+	"github.com/wxnotify/wxnotify/sink/wechat"
 )
 
 // Delayed delivery (quiet_hours with action delay).
@@ -62,7 +63,7 @@ type delayedRecord struct {
 
 // delay publishes note to the delay topic, to be sent at notBefore. Like an outcome, the
 // record's acknowledgement is what lets the source event finish.
-func (p *Processor) delay(ev *event, note *rules.Notification, notBefore time.Time) {
+func (p *Processor) delay(ev *event, note *rules.Notification, notBefore time.Time, reason string) {
 	rec := delayedRecord{
 		Schema: delayedSchema, NotBefore: notBefore.UTC(),
 		EventID: ev.id, Rule: note.Rule.Name, RuleVersion: ev.version,
@@ -70,7 +71,10 @@ func (p *Processor) delay(ev *event, note *rules.Notification, notBefore time.Ti
 		Body: note.Body, RetryOnTimeout: note.Rule.RetryOnTimeout, DryRun: p.cfg.DryRun || note.Rule.DryRun,
 		DedupeKey: note.DedupeKey, ThrottleKey: note.ThrottleKey,
 		Source:    Source{Topic: ev.pt.topic, Partition: ev.pt.id, Offset: ev.rec.Offset},
-		EventTime: ev.time, Reason: "quiet_hours: " + formatQuiet(note.Rule.QuietHours),
+		EventTime: ev.time, Reason: reason,
+	}
+	if ev.delayed != nil { // delayed again: keep where the event was read
+		rec.Source = ev.delayed.Source
 	}
 	value, err := json.Marshal(&rec)
 	if err != nil { // cannot happen for this struct; keep the event unfinished rather than lose it
@@ -167,5 +171,28 @@ func (p *Processor) releaseDelayed(ev *event) {
 		note.ThrottleKey = note.ToUser // delayed before the rule had throttle: its default key
 	}
 	ev.pending.Store(1)
-	p.dispatch(ev, note, "", rec.DryRun || p.cfg.DryRun)
+	p.dispatch(ev, note, rec.DryRun || p.cfg.DryRun)
+}
+
+// delayForQuota handles a notification that WeChat's daily quota (45009) refused, for a rule
+// with on_daily_quota: delay: it waits in the delay topic until the quota resets at 00:00
+// Beijing time, unless its expire_after ends first (then it is expired now).
+func (p *Processor) delayForQuota(ev *event, note *rules.Notification, res wechat.Result) {
+	now := p.cfg.Now()
+	reset := nextBeijingMidnight(now)
+	if r := note.Rule; r.ExpireAfter > 0 && !ev.time.IsZero() && !ev.time.Add(r.ExpireAfter).After(reset) {
+		p.emit(ev, note, StatusExpired, wechat.Result{ErrCode: res.ErrCode, Class: res.Class, Attempts: res.Attempts,
+			ErrMsg: fmt.Sprintf("expired: the daily quota is exhausted until %s and expire_after %s ends first (WeChat said: %s)",
+				reset.Format(time.RFC3339), formatDuration(r.ExpireAfter), res.ErrMsg)})
+		return
+	}
+	p.delay(ev, note, reset, "daily quota exhausted (on_daily_quota: delay): "+res.ErrMsg)
+}
+
+// beijing is China Standard Time, when WeChat's daily quotas reset (sink/wechat assumes the same).
+var beijing = time.FixedZone("Asia/Shanghai", 8*3600)
+
+func nextBeijingMidnight(now time.Time) time.Time {
+	t := now.In(beijing)
+	return time.Date(t.Year(), t.Month(), t.Day()+1, 0, 0, 0, 0, beijing)
 }

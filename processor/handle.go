@@ -11,6 +11,7 @@ import (
 	"github.com/wxnotify/wxnotify/kafkaio"
 	"github.com/wxnotify/wxnotify/rules"
 	"github.com/wxnotify/wxnotify/sink/wechat"
+	"github.com/wxnotify/wxnotify/sink/wxapi"
 )
 
 // event is one fetched record on its way through: it finishes (its offset may be committed)
@@ -27,6 +28,8 @@ type event struct {
 	pending atomic.Int32
 	lost    atomic.Bool    // an outcome was never acknowledged: the offset must stay uncommitted
 	delayed *delayedRecord // set for a record of the delay topic (delay.go)
+	// held: the event holds a slot of the held budget instead of the in-flight budget (hold.go).
+	held atomic.Bool
 }
 
 // handle evaluates one record and starts its notifications. It runs on the partition's fetch
@@ -70,10 +73,6 @@ func (p *Processor) handle(pt *partition, rec *kafkaio.Message) {
 		return
 	}
 	ev.pending.Store(int32(n))
-	laneKey := ""
-	if len(msg.Key) > 0 {
-		laneKey = "k\x00" + pt.topic + "\x00" + strconv.Itoa(pt.id) + "\x00" + string(msg.Key)
-	}
 	for i := range notes {
 		note := &notes[i]
 		switch {
@@ -83,21 +82,31 @@ func (p *Processor) handle(pt *partition, rec *kafkaio.Message) {
 		case hasControls(note.Rule) && p.gate(ev, note):
 			// Notification controls (controls.go): expired, skipped or delayed.
 		default:
-			p.dispatch(ev, note, laneKey, p.cfg.DryRun || note.Rule.DryRun)
+			p.dispatch(ev, note, p.cfg.DryRun || note.Rule.DryRun)
 		}
 	}
+	// What the notifications need is in them now; the value and headers would only weigh on
+	// memory while the event is in flight (or held).
+	ev.rec.Value, ev.rec.Headers = nil, nil
 }
 
 // dispatch starts a notification that passed the controls decided at evaluation: a dry run is
 // finished at once unless dedupe or throttle must decide it in order; anything else becomes a
-// task in the Kafka key's lane, the recipient's lane and, with dedupe, the dedupe key's lane.
-func (p *Processor) dispatch(ev *event, note *rules.Notification, laneKey string, dry bool) {
+// task in three lanes, all through the rule's account and API, so that an API held through an
+// outage (hold.go) does not stop another: the Kafka key's (notifications of one key are sent in
+// offset order), the recipient's (one send at a time per user: WeChat answers 43108 to
+// concurrent subscribe sends) and, with dedupe, the dedupe key's.
+func (p *Processor) dispatch(ev *event, note *rules.Notification, dry bool) {
 	stateful := hasStateful(note.Rule)
 	if dry && !stateful {
 		p.emit(ev, note, StatusDryRun, wechat.Result{})
 		return
 	}
-	userKey := "u\x00" + note.Rule.Account + "\x00" + note.ToUser
+	laneKey := ""
+	if len(ev.rec.Key) > 0 && ev.delayed == nil {
+		laneKey = "k\x00" + note.Rule.Account + "\x00" + note.Rule.API + "\x00" + ev.pt.topic + "\x00" + strconv.Itoa(ev.pt.id) + "\x00" + string(ev.rec.Key)
+	}
+	userKey := "u\x00" + note.Rule.Account + "\x00" + note.Rule.API + "\x00" + note.ToUser
 	dedupeKey := ""
 	if note.Rule.Dedupe != nil {
 		dedupeKey = "d\x00" + storeName(note.Rule.Name, dry) + "\x00" + note.DedupeKey
@@ -115,40 +124,80 @@ type sendJob struct {
 	ev            *event
 	note          rules.Notification
 	dry, stateful bool
+	// Hold state (hold.go), under holds.mu while parked: probe and resumed say why a parked
+	// job runs again; parkedAt is when it first parked.
+	probe, resumed bool
+	parkedAt       time.Time
 }
 
-func (j *sendJob) runTask(t *task) { j.p.send(t, j.ev, &j.note, j.dry, j.stateful) }
+func (j *sendJob) runTask(*task) { j.run() }
 
-// send makes the WeChat call for one notification; it holds the notification's lanes only for
-// the call, not for the outcome write.
-func (p *Processor) send(t *task, ev *event, note *rules.Notification, dry, stateful bool) {
+func (j *sendJob) gateKey() gateKey { return gateKey{j.note.Rule.Account, j.note.Rule.API} }
+
+// end releases the job's lanes and reports its outcome.
+func (j *sendJob) end(status string, res wechat.Result) {
+	j.p.sched.done(&j.task)
+	j.p.emit(j.ev, &j.note, status, res)
+}
+
+// abandon releases the job's lanes and gives its notification up unfinished: the event is not
+// committed, and the partition's next owner redoes it.
+func (j *sendJob) abandon() {
+	j.p.sched.done(&j.task)
+	j.ev.acked(errAbandoned)
+}
+
+// run makes the WeChat call for one notification; it holds the notification's lanes only for
+// the call, not for the outcome write. While its (account, API) is held it parks instead.
+func (j *sendJob) run() {
+	p, ev, note := j.p, j.ev, &j.note
+	if !j.dry && !p.holds.admit(j) {
+		return // parked: lanes kept, worker free
+	}
 	var adm admission
-	if stateful {
+	if j.stateful {
 		var why string
-		if adm, why = p.controls.admit(note, dry, p.cfg.Now()); why != "" {
-			p.sched.done(t)
-			p.emit(ev, note, StatusSkipped, wechat.Result{ErrMsg: why})
+		if adm, why = p.controls.admit(note, j.dry, p.cfg.Now()); why != "" {
+			p.holds.answered(j)
+			j.end(StatusSkipped, wechat.Result{ErrMsg: why})
 			return
 		}
 	}
-	if dry {
+	if j.dry {
 		adm.settle(true, p.cfg.Now())
-		p.sched.done(t)
-		p.emit(ev, note, StatusDryRun, wechat.Result{})
+		j.end(StatusDryRun, wechat.Result{})
 		return
 	}
-	res := p.sender.Send(p.sendCtx, wechat.Request{
+	req := wechat.Request{
 		Account:        note.Rule.Account,
 		API:            note.Rule.API,
 		Body:           note.Body,
 		ToUser:         note.ToUser,
 		TemplateID:     note.TemplateID,
 		RetryOnTimeout: note.Rule.RetryOnTimeout,
-	})
-	if stateful {
+	}
+	if j.probe {
+		req.MaxAttempts = 1
+	}
+	res := p.sender.Send(p.sendCtx, req)
+	if j.stateful {
 		adm.settle(res.OK(), p.cfg.Now())
 	}
-	p.sched.done(t)
+	switch {
+	case !res.OK() && p.sendCtx.Err() != nil:
+		// Stopped past the drain: not an answer, just given up; the next owner redoes it.
+		j.abandon()
+		return
+	case holdable(res):
+		p.holds.failed(j, res)
+		return
+	}
+	p.holds.answered(j)
+	if res.ErrCode == wxapi.ErrDailyQuota && note.Rule.OnDailyQuota == rules.DailyQuotaDelay && p.cfg.DelayTopic != "" {
+		p.sched.done(&j.task)
+		p.delayForQuota(ev, note, res)
+		return
+	}
 	status := StatusSent
 	if !res.OK() {
 		status = StatusFailed
@@ -158,7 +207,7 @@ func (p *Processor) send(t *task, ev *event, note *rules.Notification, dry, stat
 			"topic": ev.pt.topic, "partition": ev.pt.id, "offset": ev.rec.Offset,
 		}).Warn("notification failed")
 	}
-	p.emit(ev, note, status, res)
+	j.end(status, res)
 }
 
 // emit publishes the outcome of one notification.
@@ -231,14 +280,34 @@ func (ev *event) finish() {
 	ev.release()
 }
 
-// release gives back the budget the event was fetched under.
+// release gives back the budget the event holds.
 func (ev *event) release() {
-	if ev.delayed != nil {
+	switch {
+	case ev.delayed != nil:
 		<-ev.p.delayBudget
 		ev.p.metrics.delayedHeld.Dec()
+	case ev.held.Load():
+		<-ev.p.heldBudget
+		ev.p.metrics.heldEvents.Dec()
+	default:
+		ev.p.release()
+	}
+}
+
+// moveToHeld moves the event from the in-flight budget to the held budget when one of its
+// notifications parks, so fetching goes on for the other (account, API)s. With the held budget
+// full it keeps its in-flight slot. Delayed records keep their own budget.
+func (ev *event) moveToHeld() {
+	if ev.delayed != nil || ev.held.Load() {
 		return
 	}
-	ev.p.release()
+	select {
+	case ev.p.heldBudget <- struct{}{}:
+		ev.held.Store(true)
+		ev.p.release()
+		ev.p.metrics.heldEvents.Inc()
+	default:
+	}
 }
 
 func (p *Processor) release() {

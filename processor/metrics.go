@@ -25,6 +25,10 @@ type metrics struct {
 	delayedHeld    prometheus.Gauge
 	controlEvicted *prometheus.CounterVec
 
+	wechatHeld        *prometheus.GaugeVec
+	notificationsHeld prometheus.Gauge
+	heldEvents        prometheus.Gauge
+
 	// notificationCounters caches notifications' children by notificationLabels: an outcome
 	// is counted for every notification, and WithLabelValues hashes and validates its labels
 	// under a lock each time. Rule names and APIs are few, so it stays small.
@@ -92,6 +96,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		delayedHeld: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "wxnotify_delayed_held", Help: "Delayed notifications read from the delay topic and not yet finished (waiting for their time or being sent).",
 		}),
+		wechatHeld: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "wxnotify_wechat_held",
+			Help: "1 while the account's API keeps failing transiently and its notifications are held (probed with backoff) instead of failed.",
+		}, []string{"account", "api"}),
+		notificationsHeld: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "wxnotify_notifications_held", Help: "Notifications held (parked) while their account and API are held.",
+		}),
+		heldEvents: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "wxnotify_held_events", Help: "Events counted in the held budget (processor.max_held) instead of the in-flight budget.",
+		}),
 		controlEvicted: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wxnotify_control_keys_evicted_total",
 			Help: "Dedupe or throttle keys forgotten before their window ended because a rule's state reached processor.control_max_keys.",
@@ -100,7 +114,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.consumed, m.unmatched, m.deadLettered, m.notifications, m.ruleErrors,
 			m.inFlight, m.lag, m.lastCommit, m.commitErrors, m.assigned, m.rebalances, m.eventSeconds,
-			m.delayed, m.delayedHeld, m.controlEvicted} {
+			m.delayed, m.delayedHeld, m.controlEvicted, m.wechatHeld, m.notificationsHeld, m.heldEvents} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register processor metrics: %w", err)
 			}

@@ -84,6 +84,11 @@ type Config struct {
 	// ControlMaxKeys bounds the keys the dedupe state, and separately the throttle state, of
 	// each rule keeps; past it the oldest key is forgotten early. Default 1000000.
 	ControlMaxKeys int
+	// MaxHeld bounds the events whose notifications are held through a WeChat outage (hold.go)
+	// outside the in-flight budget. Default 20000.
+	MaxHeld int
+	// MaxHold ends a notification held longer than this as failed. Default 1h.
+	MaxHold time.Duration
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 }
@@ -126,6 +131,12 @@ func (c *Config) withDefaults() {
 	}
 	if c.ControlMaxKeys <= 0 {
 		c.ControlMaxKeys = 1000000
+	}
+	if c.MaxHeld <= 0 {
+		c.MaxHeld = 20000
+	}
+	if c.MaxHold <= 0 {
+		c.MaxHold = time.Hour
 	}
 }
 
@@ -170,10 +181,13 @@ type Processor struct {
 	budget  chan struct{}
 	// delayBudget bounds the delayed notifications held (delay.go).
 	delayBudget chan struct{}
-	controls    *controls
-	sendCtx     context.Context
-	joined      atomic.Bool
-	warn        *logLimiter
+	// heldBudget bounds the events held through a WeChat outage (hold.go).
+	heldBudget chan struct{}
+	holds      *holds
+	controls   *controls
+	sendCtx    context.Context
+	joined     atomic.Bool
+	warn       *logLimiter
 	// fatal ends Run with an error: an outcome the broker refuses for good.
 	fatal     context.CancelCauseFunc
 	fatalOnce sync.Once
@@ -189,15 +203,18 @@ func New(cfg Config, rs RuleSource, sender Sender, pub Publisher, kc Consumer, r
 	if err != nil {
 		return nil, err
 	}
-	return &Processor{
+	p := &Processor{
 		cfg: cfg, rules: rs, sender: sender, pub: pub, kafka: kc, log: log, metrics: m,
 		sched:       newScheduler(),
 		budget:      make(chan struct{}, cfg.MaxInFlight),
 		delayBudget: make(chan struct{}, cfg.MaxDelayed),
+		heldBudget:  make(chan struct{}, cfg.MaxHeld),
 		controls:    newControls(cfg.ControlMaxKeys, m.controlEvicted),
 		warn:        newLogLimiter(log, 20),
 		fatal:       func(error) {},
-	}, nil
+	}
+	p.holds = newHolds(p)
+	return p, nil
 }
 
 // Joined reports whether the processor currently holds a consumer group generation.
@@ -218,6 +235,7 @@ func (p *Processor) Run(ctx context.Context) error {
 		// Sends abandoned by the drain stop, and the workers that ran them exit, before Run
 		// returns: the caller closes the Publisher next.
 		cancelSends()
+		p.holds.close()
 		p.sched.close()
 		p.sched.wait()
 	}()
@@ -363,6 +381,7 @@ loop:
 	// within the drain deadline, while the generation is still ours.
 	fetchers.Wait()
 	holds.Wait()
+	p.holds.abandonRevoked() // held notifications cannot finish in a drain: hand them back now
 	// kafka-go stops heartbeating when a generation ends; without heartbeats a drain longer than
 	// the session timeout would get this member evicted, and its partitions handed to another
 	// member while its sends are still running (duplicates). Keep the session alive meanwhile.
@@ -412,8 +431,12 @@ func (c *committer) commit(parts []*partition) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t0 := time.Now()
 	err := c.gen.Commit(ctx, offsets)
 	cancel()
+	if d := time.Since(t0); d > time.Second {
+		p.warn.WithFields(logrus.Fields{"took": d.Round(time.Millisecond).String(), "partitions": len(offsets)}).Warn("offset commit was slow: nothing else was committed meanwhile")
+	}
 	var cerr *kafkaio.CommitError
 	errors.As(err, &cerr)
 	if err != nil && cerr == nil { // the request failed: nothing committed, retried next tick

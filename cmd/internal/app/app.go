@@ -140,6 +140,9 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 		if !r.GroupJoined {
 			r.Problems = append(r.Problems, "consumer group not joined yet")
 		}
+		if p != nil {
+			r.WeChatHeld = p.Held()
+		}
 		r.Ready = r.GroupJoined && r.TokensReady
 		return r
 	}, log)
@@ -312,6 +315,8 @@ func processorConfig(cfg *Config) processor.Config {
 		DryRun:            cfg.Processor.DryRun,
 		MaxDelayed:        cfg.Processor.MaxDelayed,
 		ControlMaxKeys:    cfg.Processor.ControlMaxKeys,
+		MaxHeld:           cfg.Processor.MaxHeld,
+		MaxHold:           cfg.WeChat.MaxHold,
 		FetchLinger:       linger(cfg.Kafka.FetchLinger),
 	}
 }
@@ -335,6 +340,9 @@ type readiness struct {
 	RulesVersion  string   `json:"rules_version"`
 	RulesLoadedAt string   `json:"rules_loaded_at"`
 	Problems      []string `json:"problems,omitempty"`
+	// WeChatHeld lists the (account, API)s whose notifications are held because WeChat keeps
+	// failing: held notifications are waiting, not lost, and the process stays ready.
+	WeChatHeld []processor.HeldAPI `json:"wechat_held,omitempty"`
 }
 
 // serveOps starts /metrics, /healthz and /readyz. It returns a nil server when http.addr is off.

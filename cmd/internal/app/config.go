@@ -85,6 +85,9 @@ type WeChatConfig struct {
 	Retry           RetryConfig              `yaml:"retry"`
 	RateLimits      map[string]float64       `yaml:"rate_limits"`      // "account/api" or "account/*" -> sends per second
 	BreakerCooldown time.Duration            `yaml:"breaker_cooldown"` // default 1m
+	// MaxHold ends a notification held through an outage of its account and API (WeChat failing
+	// transiently) as failed after this long. Default 1h.
+	MaxHold time.Duration `yaml:"max_hold"`
 }
 
 // AccountConfig is one WeChat account. The secret comes from the environment (${VAR}) or a
@@ -124,6 +127,7 @@ type ProcessorConfig struct {
 	DryRun         bool          `yaml:"dry_run"`          // everything but the WeChat call
 	MaxDelayed     int           `yaml:"max_delayed"`      // delayed notifications held in memory until their time, default 10000
 	ControlMaxKeys int           `yaml:"control_max_keys"` // dedupe keys, and throttle keys, kept per rule, default 1000000
+	MaxHeld        int           `yaml:"max_held"`         // events held through a WeChat outage beyond max_in_flight, default 20000
 	// Procs: all (default) keeps Go's own GOMAXPROCS (container-aware); adaptive (opt-in) runs
 	// the Go scheduler on one P while the process uses under 0.3 cores and on Go's default over
 	// 0.6. A GOMAXPROCS environment variable overrides both.
@@ -350,6 +354,12 @@ func (c *Config) applyDefaults() {
 	if c.Processor.ControlMaxKeys == 0 {
 		c.Processor.ControlMaxKeys = 1000000
 	}
+	if c.Processor.MaxHeld == 0 {
+		c.Processor.MaxHeld = 20000
+	}
+	if c.WeChat.MaxHold == 0 {
+		c.WeChat.MaxHold = time.Hour
+	}
 	if c.Processor.Procs == "" {
 		c.Processor.Procs = ProcsAll
 	}
@@ -444,6 +454,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Processor.ControlMaxKeys < 1 {
 		bad("processor.control_max_keys: must be at least 1")
+	}
+	if c.Processor.MaxHeld < 1 {
+		bad("processor.max_held: must be at least 1")
+	}
+	if c.WeChat.MaxHold < time.Minute {
+		bad("wechat.max_hold: %s is below 1m", c.WeChat.MaxHold)
 	}
 	if c.Processor.Procs != ProcsAdaptive && c.Processor.Procs != ProcsAll {
 		bad("processor.procs: %q is not %s or %s", c.Processor.Procs, ProcsAdaptive, ProcsAll)

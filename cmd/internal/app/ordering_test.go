@@ -44,10 +44,11 @@ func (u *userWatch) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Page   string `json:"page"`
 	}
 	_ = json.Unmarshal(body, &b)
+	lane := r.URL.Path + " " + b.ToUser // one send at a time per user and API
 	u.mu.Lock()
 	u.sends++
-	u.inFlight[b.ToUser]++
-	if u.inFlight[b.ToUser] > 1 {
+	u.inFlight[lane]++
+	if u.inFlight[lane] > 1 {
 		u.overlaps++
 	}
 	if r.URL.Path == "/cgi-bin/message/wxopen/template/send" { // one per event: the order to check
@@ -57,12 +58,12 @@ func (u *userWatch) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	time.Sleep(u.hold) // widen the window in which a second send to the same user would overlap
 	u.next.ServeHTTP(w, r)
 	u.mu.Lock()
-	u.inFlight[b.ToUser]--
+	u.inFlight[lane]--
 	u.mu.Unlock()
 }
 
-// Under load, through the real pipeline: events with one Kafka key reach WeChat in offset order,
-// and two sends to one user are never in flight together.
+// Under load, through the real pipeline: events with one Kafka key reach WeChat in offset order
+// through each API, and two sends to one user through one API are never in flight together.
 func TestOrderingAndExclusionUnderLoad(t *testing.T) {
 	h := newHarness(t, wechatsim.Config{})
 	watch := &userWatch{next: h.sim, hold: time.Millisecond, inFlight: map[string]int{}, orderPerTo: map[string][]string{}}

@@ -195,7 +195,9 @@ func TestUndecodableEventGoesToDeadLetter(t *testing.T) {
 	waitFor(t, 10*time.Second, "commit past the dead letter", func() bool { return sum(h.committed()) == 2 })
 }
 
-// A token invalidated while running costs one token fetch and one retry, not a failure.
+// A token invalidated while running costs one token fetch and a retry of the sends that met it,
+// not a failure. e-2's two sends (two APIs of one account) may run at once, so one or both meet
+// the invalidated token.
 func TestTokenInvalidatedMidRunIsRefreshedOnce(t *testing.T) {
 	h := newHarness(t, wechatsim.Config{})
 	h.start()
@@ -215,8 +217,8 @@ func TestTokenInvalidatedMidRunIsRefreshedOnce(t *testing.T) {
 		}
 		attempts += o.Attempts
 	}
-	if attempts != 3 {
-		t.Errorf("attempts over e-2's two sends = %d, want 3 (one retry after the token error)", attempts)
+	if attempts != 3 && attempts != 4 {
+		t.Errorf("attempts over e-2's two sends = %d, want 3 or 4 (one retry for each send that met the invalidated token)", attempts)
 	}
 	if got := h.sim.TokenFetches(testWeappAppID) - before; got != 1 {
 		t.Errorf("token fetches after invalidation = %d, want 1", got)
