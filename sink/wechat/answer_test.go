@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
@@ -155,5 +157,66 @@ func checkPosterAnswer(t *testing.T, data []byte) {
 	_, _ = posterOn(endless).post(context.Background(), "http://wechat.test/s", []byte(`{}`), &dst)
 	if endless.read > maxAnswer {
 		t.Fatalf("a server repeating %q forever: read %d bytes (limit %d)", data, endless.read, maxAnswer)
+	}
+}
+
+// FuzzSendAnswer gives Send arbitrary bytes as WeChat's HTTP answer (one attempt, no token) and
+// checks the Result against what net/http and encoding/json make of them: an answer that cannot
+// be read, or is not HTTP 200, is ErrNoAnswer (transient); a 200 whose body is not a JSON object
+// that decodes into wxResponse is an unreadable answer (transient); otherwise the errcode (0
+// when absent), its class (Classify), and on success the msgid and errmsg are WeChat's. Only a
+// JSON object can be a success. Seeds: testdata/fuzz/FuzzSendAnswer (WeChat answers, and bodies
+// that are not answers).
+func FuzzSendAnswer(f *testing.F) {
+	f.Fuzz(checkSendAnswer)
+}
+
+func checkSendAnswer(t *testing.T, data []byte) {
+	c, err := New(Config{
+		BaseURL:  "http://wechat.test",
+		Accounts: map[string]Account{"weapp": {TokenSource: SourceNone}},
+		Retry:    RetryPolicy{MaxAttempts: 1},
+	}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.fast = posterOn(&answerConn{data: data}) // whatever the environment says of proxies
+	r := c.Send(context.Background(), subscribe("weapp"))
+	if r.Attempts != 1 {
+		t.Fatalf("answer %q: %d attempts, want 1", data, r.Attempts)
+	}
+
+	ref := readRef(data)
+	fail := func(want string) {
+		t.Helper()
+		t.Fatalf("answer %q: Send gave %+v, want %s", data, r, want)
+	}
+	switch {
+	case ref.err != nil || ref.bodyErr != nil || ref.consumed > maxAnswer:
+		if r.ErrCode != ErrNoAnswer || r.Class != ClassTransient {
+			fail("no answer (transient)")
+		}
+		return
+	case ref.resp.StatusCode != http.StatusOK:
+		if r.ErrCode != ErrNoAnswer || r.Class != ClassTransient || r.ErrMsg != "http status "+ref.resp.Status {
+			fail("http status " + ref.resp.Status + " (transient)")
+		}
+		return
+	}
+	var wr wxResponse
+	err = json.Unmarshal(ref.body, &wr)
+	if trimmed := bytes.TrimLeft(ref.body, " \t\r\n"); err != nil || len(trimmed) == 0 || trimmed[0] != '{' {
+		if r.ErrCode != ErrNoAnswer || r.Class != ClassTransient || !strings.HasPrefix(r.ErrMsg, "unreadable answer: ") {
+			fail("an unreadable answer (transient)")
+		}
+		return
+	}
+	switch {
+	case wr.ErrCode == 0:
+		if r.ErrCode != 0 || r.Class != ClassOK || r.MsgID != wr.MsgID || r.ErrMsg != wr.ErrMsg {
+			fail("a success with WeChat's msgid and errmsg")
+		}
+	case r.ErrCode != wr.ErrCode || r.Class != Classify(wr.ErrCode) || !strings.HasPrefix(r.ErrMsg, scrubQuery(wr.ErrMsg)):
+		fail("WeChat's errcode, its class and errmsg")
 	}
 }
