@@ -75,6 +75,7 @@ func (p *fileParser) addAt(r *Rule, line, col int, field, msg string) {
 var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 
 func (p *fileParser) parse() []*Rule {
+	defer p.clampPositions()
 	var doc yaml.Node
 	if err := yaml.Unmarshal(p.src, &doc); err != nil {
 		line, msg := 1, strings.TrimPrefix(err.Error(), "yaml: ")
@@ -128,6 +129,37 @@ func (p *fileParser) parse() []*Rule {
 		}
 	}
 	return rules
+}
+
+// clampPositions moves a problem positioned past the end of the file to the end of the file:
+// yaml places the null document of a file holding just "---" on the line after it.
+func (p *fileParser) clampPositions() {
+	line, col := endOfFile(p.src)
+	for i := range p.problems {
+		if pr := &p.problems[i]; pr.Line > line || pr.Line == line && pr.Col > col {
+			pr.Line, pr.Col = line, col
+		}
+	}
+}
+
+// endOfFile is the position just past the last character of src, counted as yaml counts: lines
+// end at \r\n, \r, \n, U+0085, U+2028 or U+2029, columns are runes.
+func endOfFile(src []byte) (line, col int) {
+	line, col = 1, 1
+	for i := 0; i < len(src); {
+		r, size := utf8.DecodeRune(src[i:])
+		switch r {
+		case '\r', '\n', '\u0085', '\u2028', '\u2029':
+			if r == '\r' && i+1 < len(src) && src[i+1] == '\n' {
+				size = 2
+			}
+			line, col = line+1, 1
+		default:
+			col++
+		}
+		i += size
+	}
+	return line, col
 }
 
 func deref(n *yaml.Node) *yaml.Node {

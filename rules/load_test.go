@@ -405,6 +405,12 @@ r.yaml:7:76: rule "r1": quiet_hours.action: want skip or delay, got "drop"`,
 `,
 			want: `r.yaml:6:81: rule "r1": message.data.k.value: cannot use string as argument (type int) to call truncate `,
 		},
+		{
+			// yaml puts the null document on line 2, past the end of the file (found by FuzzParse).
+			name: "a file of just --- is positioned inside the file",
+			yaml: `---`,
+			want: `r.yaml:1:4: want a mapping with a rules: list, got null`,
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
