@@ -1,8 +1,10 @@
 package rules
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"reflect"
 	"regexp"
 	"slices"
@@ -76,14 +78,19 @@ var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 
 func (p *fileParser) parse() []*Rule {
 	defer p.clampPositions()
-	var doc yaml.Node
-	if err := yaml.Unmarshal(p.src, &doc); err != nil {
-		line, msg := 1, strings.TrimPrefix(err.Error(), "yaml: ")
-		if m := yamlLineRE.FindStringSubmatch(err.Error()); m != nil {
-			line, _ = strconv.Atoi(m[1])
-			msg = m[2]
-		}
-		p.problems = append(p.problems, Problem{File: p.name, Line: line, Col: 1, Msg: "invalid YAML: " + msg})
+	// A decoder, not yaml.Unmarshal, which reads the first document and ignores the rest of the
+	// file: rules after a "---" would be dropped without a word.
+	dec := yaml.NewDecoder(bytes.NewReader(p.src))
+	var doc, next yaml.Node
+	if err := dec.Decode(&doc); err != nil && err != io.EOF {
+		p.yamlError(err)
+		return nil
+	}
+	if err := dec.Decode(&next); err != nil && err != io.EOF {
+		p.yamlError(err)
+		return nil
+	} else if err == nil {
+		p.add(nil, &next, "", "a second YAML document (a rule file is one document: put every rule in its rules: list)")
 		return nil
 	}
 	if len(doc.Content) == 0 {
@@ -129,6 +136,15 @@ func (p *fileParser) parse() []*Rule {
 		}
 	}
 	return rules
+}
+
+func (p *fileParser) yamlError(err error) {
+	line, msg := 1, strings.TrimPrefix(err.Error(), "yaml: ")
+	if m := yamlLineRE.FindStringSubmatch(err.Error()); m != nil {
+		line, _ = strconv.Atoi(m[1])
+		msg = m[2]
+	}
+	p.problems = append(p.problems, Problem{File: p.name, Line: line, Col: 1, Msg: "invalid YAML: " + msg})
 }
 
 // clampPositions moves a problem positioned past the end of the file to the end of the file:
