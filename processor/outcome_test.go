@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"math"
 	"math/rand/v2"
+	"reflect"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 // TestOutcomeJSON holds Outcome.appendJSON to json.Marshal, byte for byte: the outcome schema is
@@ -86,4 +89,82 @@ func BenchmarkOutcomeJSON(b *testing.B) {
 			}
 		}
 	})
+}
+
+// FuzzOutcomeJSON holds appendJSON to json.Marshal, byte for byte, for any field values: strings
+// with any bytes, any integers, any float64 (NaN and ±Inf are errors in both, with the same
+// text), any body. What encodes also round-trips through json.Unmarshal (outcomeRoundTrips).
+// Seeds: testdata/fuzz/FuzzOutcomeJSON (outcomes as the processor writes them, and edges).
+func FuzzOutcomeJSON(f *testing.F) {
+	f.Fuzz(func(t *testing.T, schema, eventID, rule, ruleVersion, account, api, toUser, templateID, status, errMsg, class,
+		topic, eventTime, processedAt, delayedUntil string, errCode, msgID, attempts, partition, offset int64,
+		latency float64, body []byte) {
+		o := Outcome{
+			Schema: schema, EventID: eventID, Rule: rule, RuleVersion: ruleVersion, Account: account, API: api,
+			ToUser: toUser, TemplateID: templateID, Status: status, ErrCode: int(errCode), ErrMsg: errMsg, MsgID: msgID,
+			Attempts: int(attempts), Class: class, Source: Source{Topic: topic, Partition: int(partition), Offset: offset},
+			EventTime: eventTime, ProcessedAt: processedAt, LatencyMS: latency, Body: body, DelayedUntil: delayedUntil,
+		}
+		want, wantErr := json.Marshal(&o)
+		prefix := []byte("prefix")
+		got, err := o.appendJSON(prefix)
+		if (err == nil) != (wantErr == nil) || err != nil && err.Error() != wantErr.Error() {
+			t.Fatalf("outcome %+v: appendJSON error %v, json.Marshal %v", o, err, wantErr)
+		}
+		if err != nil {
+			return
+		}
+		if !bytes.HasPrefix(got, prefix) || !bytes.Equal(got[len(prefix):], want) {
+			t.Fatalf("outcome %+v:\nappendJSON   %q\njson.Marshal %q", o, got, want)
+		}
+		outcomeRoundTrips(t, &o, got[len(prefix):])
+	})
+}
+
+// outcomeRoundTrips checks that enc, o's JSON form, decodes back to o, with what JSON cannot
+// carry made explicit: a byte that is not UTF-8 comes back as U+FFFD (one per byte, as
+// encoding/json writes it), and a body comes back compacted with <, >, &, U+2028 and U+2029
+// escaped. Floats come back with the same bits (-0 included).
+func outcomeRoundTrips(t *testing.T, o *Outcome, enc []byte) {
+	t.Helper()
+	var back Outcome
+	if err := json.Unmarshal(enc, &back); err != nil {
+		t.Fatalf("outcome %+v: %q does not decode: %v", o, enc, err)
+	}
+	want := *o
+	for _, s := range []*string{&want.Schema, &want.EventID, &want.Rule, &want.RuleVersion, &want.Account, &want.API,
+		&want.ToUser, &want.TemplateID, &want.Status, &want.ErrMsg, &want.Class, &want.Source.Topic, &want.EventTime,
+		&want.ProcessedAt, &want.DelayedUntil} {
+		*s = replaceInvalidUTF8(*s)
+	}
+	if len(o.Body) > 0 {
+		var compact, escaped bytes.Buffer
+		if err := json.Compact(&compact, o.Body); err != nil {
+			t.Fatalf("outcome %+v encoded with a body that is not JSON: %v", o, err)
+		}
+		json.HTMLEscape(&escaped, compact.Bytes())
+		want.Body = escaped.Bytes()
+	}
+	if !bytes.Equal(back.Body, want.Body) || math.Float64bits(back.LatencyMS) != math.Float64bits(want.LatencyMS) {
+		t.Fatalf("outcome %+v: decoded body %q latency %v, want %q %v", o, back.Body, back.LatencyMS, want.Body, want.LatencyMS)
+	}
+	back.Body, want.Body = nil, nil
+	if !reflect.DeepEqual(back, want) {
+		t.Fatalf("outcome %+v:\ndecoded %+v\nwant    %+v", o, back, want)
+	}
+}
+
+// replaceInvalidUTF8 is s with each byte that does not start valid UTF-8 replaced by U+FFFD.
+func replaceInvalidUTF8(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b.WriteRune(utf8.RuneError)
+		} else {
+			b.WriteString(s[i : i+size])
+		}
+		i += size
+	}
+	return b.String()
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"math"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 	"unicode/utf16"
@@ -24,24 +25,40 @@ type Event struct {
 	m map[string]any
 }
 
+// ErrInvalidUTF8 is wrapped by DecodeEvent's error when a string of the event, a key or a value,
+// is not valid UTF-8: it holds bytes that are not UTF-8, or a \u escape of a surrogate that is
+// not half of a pair (such a code point has no UTF-8 form). encoding/json would decode either as
+// U+FFFD; an event is rejected instead, so that a replacement character is never sent in
+// someone's openid or text. The error names the string's JSON path (like $.user.openid) and the
+// byte offset of the first bad byte or escape, never the string itself.
+var ErrInvalidUTF8 = errors.New("invalid UTF-8")
+
 // DecodeEvent decodes a JSON object into an Event. Anything else (an array, a scalar, trailing
-// data) is an error.
+// data) is an error, and so is a string that is not valid UTF-8 (an error wrapping
+// ErrInvalidUTF8).
 //
 // It runs once per consumed record, so well-formed objects take a hand-written single pass
 // (decodeFast) that builds the same values as encoding/json with UseNumber plus the number
-// conversion. Anything that pass does not handle itself (a syntax error, invalid UTF-8 or a lone
-// surrogate that encoding/json coerces to U+FFFD, deep nesting) goes through encoding/json, so
-// errors and edge cases are exactly encoding/json's. FuzzDecodeEvent holds the two to the same
-// result.
+// conversion. Anything that pass does not handle itself (a syntax error, invalid UTF-8, a lone
+// surrogate, deep nesting) goes through encoding/json, so syntax errors and edge cases are
+// exactly encoding/json's; what encoding/json accepts is then checked for the strings it would
+// have coerced to U+FFFD. FuzzDecodeEvent holds DecodeEvent to encoding/json.
 func DecodeEvent(data []byte) (Event, error) {
 	if m, ok := decodeFast(data); ok {
 		return Event{m: m}, nil
 	}
-	return decodeStd(data)
+	ev, err := decodeStd(data)
+	if err != nil {
+		return Event{}, err
+	}
+	if err := checkUTF8(data); err != nil {
+		return Event{}, fmt.Errorf("decode event: %w", err)
+	}
+	return ev, nil
 }
 
-// decodeStd is DecodeEvent by encoding/json: the reference, and the path for anything
-// decodeFast declines.
+// decodeStd decodes data by encoding/json, with DecodeEvent's number conventions: the path for
+// anything decodeFast declines (DecodeEvent then checks its strings with checkUTF8).
 func decodeStd(data []byte) (Event, error) {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
@@ -57,6 +74,151 @@ func decodeStd(data []byte) (Event, error) {
 	}
 	convertNumbers(m)
 	return Event{m: m}, nil
+}
+
+// checkUTF8 returns an error wrapping ErrInvalidUTF8 for the first string of data, a valid JSON
+// document, that encoding/json would decode with a U+FFFD of its own making, or nil. It runs only
+// on what decodeFast declined, so it is a plain walk rather than a fast one.
+func checkUTF8(data []byte) error {
+	var path []pathElem // the containers the walk is in, outermost first
+	for i := 0; i < len(data); {
+		switch data[i] {
+		case '{':
+			path = append(path, pathElem{object: true, wantKey: true})
+		case '[':
+			path = append(path, pathElem{})
+		case '}', ']':
+			if len(path) > 0 {
+				path = path[:len(path)-1]
+			}
+		case ',':
+			if n := len(path); n > 0 {
+				path[n-1].index++
+				path[n-1].wantKey = path[n-1].object
+			}
+		case '"':
+			end, bad, lone := scanString(data, i)
+			key := len(path) > 0 && path[len(path)-1].wantKey
+			if bad >= 0 {
+				where := formatPath(data, path)
+				if key {
+					where = "a key of " + where
+				}
+				what := ""
+				if lone {
+					what = " (a \\u escape of an unpaired surrogate)"
+				}
+				return fmt.Errorf("%w in %s at byte %d%s", ErrInvalidUTF8, where, bad, what)
+			}
+			if key {
+				top := &path[len(path)-1]
+				top.keyStart, top.keyEnd, top.wantKey = i, end, false
+			}
+			i = end
+			continue
+		}
+		i++
+	}
+	return nil
+}
+
+// pathElem is one container on the way to a string: an object (and the raw key being read in
+// it) or an array (and the index).
+type pathElem struct {
+	object           bool
+	wantKey          bool // an object, before its next key
+	keyStart, keyEnd int  // the key, quotes included
+	index            int
+}
+
+// scanString reads the JSON string at data[i] (its opening quote) and returns the offset just
+// past it, and the offset of its first invalid byte or unpaired surrogate escape (lone), or -1.
+func scanString(data []byte, i int) (end, bad int, lone bool) {
+	for i++; i < len(data); {
+		c := data[i]
+		switch {
+		case c == '"':
+			return i + 1, -1, false
+		case c == '\\':
+			if i+1 < len(data) && data[i+1] == 'u' {
+				r := hex4(data[i+2:])
+				if utf16.IsSurrogate(r) {
+					r2 := rune(-1)
+					if i+7 < len(data) && data[i+6] == '\\' && data[i+7] == 'u' {
+						r2 = hex4(data[i+8:])
+					}
+					if utf16.DecodeRune(r, r2) == utf8.RuneError {
+						return 0, i, true
+					}
+					i += 6
+				}
+				i += 6
+				continue
+			}
+			i += 2
+		case c < utf8.RuneSelf:
+			i++
+		default:
+			r, size := utf8.DecodeRune(data[i:])
+			if r == utf8.RuneError && size == 1 {
+				return 0, i, false
+			}
+			i += size
+		}
+	}
+	return len(data), -1, false
+}
+
+// maxPathLen bounds the path in an error (a dead-letter header carries it): a longer path keeps
+// its first and last steps.
+const maxPathLen = 200
+
+// formatPath writes path as a JSONPath: $.user.openid, $.order.items[0].name, $["a key"].
+func formatPath(data []byte, path []pathElem) string {
+	steps := make([]string, 0, len(path))
+	size := 0
+	for _, e := range path {
+		var step string
+		switch {
+		case !e.object:
+			step = "[" + strconv.Itoa(e.index) + "]"
+		case e.wantKey: // the innermost object, whose key is the bad string
+		default:
+			var k string
+			_ = json.Unmarshal(data[e.keyStart:e.keyEnd], &k) // a key before the bad string: valid
+			if plainKey(k) {
+				step = "." + k
+			} else {
+				step = "[" + strconv.Quote(k) + "]"
+			}
+		}
+		steps = append(steps, step)
+		size += len(step)
+	}
+	if size <= maxPathLen {
+		return "$" + strings.Join(steps, "")
+	}
+	var head, tail []string
+	for n := 0; len(head) < len(steps) && n+len(steps[len(head)]) <= maxPathLen/2; {
+		n += len(steps[len(head)])
+		head = append(head, steps[len(head)])
+	}
+	for n, i := 0, len(steps)-1; i >= len(head) && n+len(steps[i]) <= maxPathLen/2; i-- {
+		n += len(steps[i])
+		tail = append([]string{steps[i]}, tail...)
+	}
+	return "$" + strings.Join(head, "") + "…" + strings.Join(tail, "")
+}
+
+// plainKey reports whether k can follow a dot in a path: letters, digits and _, not first a digit.
+func plainKey(k string) bool {
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		if !(c == '_' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || i > 0 && '0' <= c && c <= '9') {
+			return false
+		}
+	}
+	return k != ""
 }
 
 // NewEvent wraps an already decoded object. Numbers should follow DecodeEvent's conventions.
@@ -130,8 +292,9 @@ const fastMaxDepth = 512
 
 // decodeFast decodes data, a JSON object with nothing but whitespace after it, into the values
 // DecodeEvent promises. ok is false when it cannot, for whatever reason: then the caller asks
-// encoding/json, which either decodes it (the cases left to it are rare: invalid UTF-8, lone
-// surrogates, deep nesting) or reports the error. It never accepts what encoding/json rejects.
+// encoding/json, which either decodes it (the cases left to it are rare: deep nesting, and
+// invalid UTF-8 and lone surrogates, which DecodeEvent then rejects) or reports the error. It
+// never accepts what encoding/json rejects, nor a string encoding/json would coerce to U+FFFD.
 func decodeFast(data []byte) (m map[string]any, ok bool) {
 	d := fastDecoder{data: data}
 	d.skipSpace()

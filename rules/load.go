@@ -1,8 +1,10 @@
 package rules
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"reflect"
 	"regexp"
 	"slices"
@@ -75,14 +77,20 @@ func (p *fileParser) addAt(r *Rule, line, col int, field, msg string) {
 var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 
 func (p *fileParser) parse() []*Rule {
-	var doc yaml.Node
-	if err := yaml.Unmarshal(p.src, &doc); err != nil {
-		line, msg := 1, strings.TrimPrefix(err.Error(), "yaml: ")
-		if m := yamlLineRE.FindStringSubmatch(err.Error()); m != nil {
-			line, _ = strconv.Atoi(m[1])
-			msg = m[2]
-		}
-		p.problems = append(p.problems, Problem{File: p.name, Line: line, Col: 1, Msg: "invalid YAML: " + msg})
+	defer p.clampPositions()
+	// A decoder, not yaml.Unmarshal, which reads the first document and ignores the rest of the
+	// file: rules after a "---" would be dropped without a word.
+	dec := yaml.NewDecoder(bytes.NewReader(p.src))
+	var doc, next yaml.Node
+	if err := dec.Decode(&doc); err != nil && err != io.EOF {
+		p.yamlError(err)
+		return nil
+	}
+	if err := dec.Decode(&next); err != nil && err != io.EOF {
+		p.yamlError(err)
+		return nil
+	} else if err == nil {
+		p.add(nil, &next, "", "a second YAML document (a rule file is one document: put every rule in its rules: list)")
 		return nil
 	}
 	if len(doc.Content) == 0 {
@@ -128,6 +136,46 @@ func (p *fileParser) parse() []*Rule {
 		}
 	}
 	return rules
+}
+
+func (p *fileParser) yamlError(err error) {
+	line, msg := 1, strings.TrimPrefix(err.Error(), "yaml: ")
+	if m := yamlLineRE.FindStringSubmatch(err.Error()); m != nil {
+		line, _ = strconv.Atoi(m[1])
+		msg = m[2]
+	}
+	p.problems = append(p.problems, Problem{File: p.name, Line: line, Col: 1, Msg: "invalid YAML: " + msg})
+}
+
+// clampPositions moves a problem positioned past the end of the file to the end of the file:
+// yaml places the null document of a file holding just "---" on the line after it.
+func (p *fileParser) clampPositions() {
+	line, col := endOfFile(p.src)
+	for i := range p.problems {
+		if pr := &p.problems[i]; pr.Line > line || pr.Line == line && pr.Col > col {
+			pr.Line, pr.Col = line, col
+		}
+	}
+}
+
+// endOfFile is the position just past the last character of src, counted as yaml counts: lines
+// end at \r\n, \r, \n, U+0085, U+2028 or U+2029, columns are runes.
+func endOfFile(src []byte) (line, col int) {
+	line, col = 1, 1
+	for i := 0; i < len(src); {
+		r, size := utf8.DecodeRune(src[i:])
+		switch r {
+		case '\r', '\n', '\u0085', '\u2028', '\u2029':
+			if r == '\r' && i+1 < len(src) && src[i+1] == '\n' {
+				size = 2
+			}
+			line, col = line+1, 1
+		default:
+			col++
+		}
+		i += size
+	}
+	return line, col
 }
 
 func deref(n *yaml.Node) *yaml.Node {

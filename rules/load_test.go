@@ -417,6 +417,25 @@ r.yaml:7:76: rule "r1": quiet_hours.action: want skip or delay, got "drop"`,
 `,
 			want: `r.yaml:6:81: rule "r1": message.data.k.value: cannot use string as argument (type int) to call truncate `,
 		},
+		{
+			// yaml puts the null document on line 2, past the end of the file (found by FuzzParse).
+			name: "a file of just --- is positioned inside the file",
+			yaml: `---`,
+			want: `r.yaml:1:4: want a mapping with a rules: list, got null`,
+		},
+		{
+			name: "rules in a second document are not dropped",
+			yaml: "rules:" + validRule + `---
+rules:
+  - name: lost
+`,
+			want: `r.yaml:11:1: a second YAML document (a rule file is one document: put every rule in its rules: list)`,
+		},
+		{
+			name: "a second document is parsed",
+			yaml: "rules:" + validRule + "---\nrules: [\n",
+			want: `r.yaml:12:1: invalid YAML: did not find expected node content`,
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -429,6 +448,18 @@ r.yaml:7:76: rule "r1": quiet_hours.action: want skip or delay, got "drop"`,
 				t.Errorf("problems:\n%s\nwant:\n%s", got, tt.want)
 			}
 		})
+	}
+}
+
+// A rule file is one YAML document, with or without its markers.
+func TestLoadOneDocument(t *testing.T) {
+	for _, src := range []string{"---\nrules:" + validRule, "rules:" + validRule + "...\n", "%YAML 1.1\n---\nrules:" + validRule + "...\n# the end\n"} {
+		if s, err := Parse(map[string][]byte{"r.yaml": []byte(src)}, Options{}); err != nil || len(s.Rules) != 1 {
+			t.Errorf("Parse(%q) = %v", src, err)
+		}
+	}
+	if _, err := Parse(map[string][]byte{"r.yaml": []byte("# nothing but a comment\n")}, Options{}); err == nil || err.Error() != "r.yaml:1:1: empty file (want a rules: list)" {
+		t.Errorf("a file of comments: %v", err)
 	}
 }
 

@@ -410,6 +410,9 @@ type wxResponse struct {
 	MsgID   int64  `json:"msgid"`
 }
 
+// errNullAnswer: a 200 answer whose body is JSON null, not an answer to a send.
+var errNullAnswer = errors.New("null is not a WeChat answer")
+
 var bufPool = sync.Pool{New: func() any { return bytes.NewBuffer(make([]byte, 0, 512)) }}
 
 // attempt makes one HTTP call to the send API.
@@ -449,7 +452,11 @@ func (c *Client) attempt(ctx context.Context, st *apiState, tok *token, body []b
 		return outcome{code: ErrNoAnswer, msg: "http status " + a.statusText, class: ClassTransient, noAnswer: true}
 	}
 	var wr wxResponse
-	if err := json.Unmarshal(buf.Bytes(), &wr); err != nil {
+	err = json.Unmarshal(buf.Bytes(), &wr)
+	if err == nil && bytes.TrimLeft(buf.Bytes(), " \t\r\n")[0] != '{' {
+		err = errNullAnswer // JSON null decodes into a struct as nothing, which would read as errcode 0
+	}
+	if err != nil {
 		c.m.responses.WithLabelValues(api, "-2").Inc()
 		return outcome{code: ErrNoAnswer, msg: "unreadable answer: " + err.Error(), class: ClassTransient, ambiguous: true, noAnswer: true}
 	}

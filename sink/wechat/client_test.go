@@ -802,3 +802,14 @@ func TestMetricsRegistration(t *testing.T) {
 		t.Error("duplicate registration accepted")
 	}
 }
+
+// A 200 answer whose body is JSON null is not a success: decoded into a struct it looked like an
+// absent errcode (found by FuzzSendAnswer, seed "json-null").
+func TestNullAnswerIsUnreadable(t *testing.T) {
+	e := newEnv(t, nil)
+	e.f.setScript(func(int, sendSeen) (int, string) { return http.StatusOK, " null" })
+	r := e.c.Send(context.Background(), subscribe("weapp"))
+	if r.OK() || r.ErrCode != ErrNoAnswer || r.Class != ClassTransient || !strings.Contains(r.ErrMsg, "unreadable answer: null is not a WeChat answer") {
+		t.Fatalf("Send = %+v, want an unreadable answer", r)
+	}
+}

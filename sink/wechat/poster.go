@@ -44,8 +44,38 @@ type poster struct {
 // pconn is one pooled connection.
 type pconn struct {
 	c    net.Conn
-	br   *bufio.Reader
-	used time.Time // when it was last returned to the pool
+	br   *bufio.Reader // reads c through the pconn, so within left
+	left int           // bytes the answer being read may still take from c
+	used time.Time     // when it was last returned to the pool
+}
+
+// maxAnswer bounds what one answer may take off the connection: status line, headers, body with
+// its framing, trailers. http.ReadResponse bounds none of them (net/http's Transport adds
+// MaxResponseHeaderBytes, 10 MB by default), so a server that kept sending a header would be
+// read, and held in memory, until the timeout. A WeChat answer is a few hundred bytes, and the
+// poster reads at most maxBody + 4 KiB of a body; past maxAnswer the call fails like an answer
+// cut short.
+const maxAnswer = 1 << 20
+
+var errAnswerTooLong = errors.New("answer longer than 1 MiB")
+
+func newPconn(c net.Conn) *pconn {
+	pc := &pconn{c: c}
+	pc.br = bufio.NewReaderSize(pc, 4<<10)
+	return pc
+}
+
+// Read reads from the connection what is left of the answer's maxAnswer bytes.
+func (pc *pconn) Read(p []byte) (int, error) {
+	if pc.left <= 0 {
+		return 0, errAnswerTooLong
+	}
+	if len(p) > pc.left {
+		p = p[:pc.left]
+	}
+	n, err := pc.c.Read(p)
+	pc.left -= n
+	return n, err
 }
 
 // idleTimeout: a connection idle longer is closed rather than reused; servers (WeChat's nginx
@@ -159,9 +189,16 @@ func (p *poster) roundTrip(ctx context.Context, pc *pconn, fullURL string, body 
 		return answer{}, err
 	}
 
+	pc.left = maxAnswer
+	// Peek first: nothing at all coming back (a clean EOF) on a pooled connection is a server
+	// that had closed it, and http.ReadResponse would report it as io.ErrUnexpectedEOF, like an
+	// answer cut short.
+	if _, err := pc.br.Peek(1); err != nil {
+		return answer{written: true, staleConn: !pc.used.IsZero() && errors.Is(err, io.EOF)}, err
+	}
 	resp, err := http.ReadResponse(pc.br, nil)
 	if err != nil {
-		return answer{written: true, staleConn: !pc.used.IsZero() && errors.Is(err, io.EOF)}, err
+		return answer{written: true}, err
 	}
 	_, err = dst.ReadFrom(io.LimitReader(resp.Body, maxBody))
 	if err != nil {
@@ -245,7 +282,7 @@ func (p *poster) dial(ctx context.Context, deadline time.Time) (*pconn, error) {
 		}
 		c = tc
 	}
-	return &pconn{c: c, br: bufio.NewReaderSize(c, 4<<10)}, nil
+	return newPconn(c), nil
 }
 
 func (p *poster) put(pc *pconn) {

@@ -265,3 +265,64 @@ func TestPosterCancelledSendDoesNotPoisonThePool(t *testing.T) {
 		t.Errorf("%d of 2000 sends after a cancelled one failed on the pooled connection", failures)
 	}
 }
+
+// A pooled connection the server had closed (nothing at all comes back, a clean EOF) is stale,
+// not an answer cut short: the request was not acted on, so even subscribeMessage.send (no
+// idempotency key) is retried, on a new connection. http.ReadResponse reports that EOF as
+// io.ErrUnexpectedEOF, which the poster took for a cut answer, so the send failed as "may have
+// been sent" (found by FuzzPosterAnswer, seed "nothing").
+func TestStaleConnectionIsRetried(t *testing.T) {
+	e := newEnv(t, nil)
+	e.c.fast = newPoster(e.f.srv.URL, 4, 2*time.Second, noProxy)
+	stale := &answerConn{} // answers nothing: EOF at once
+	e.c.fast.slots <- struct{}{}
+	e.c.fast.put(newPconn(stale))
+	r := e.c.Send(context.Background(), subscribe("weapp"))
+	if !r.OK() || r.Attempts != 2 || stale.written == 0 || len(e.f.seen()) != 1 {
+		t.Fatalf("Send = %+v after a stale connection (request written: %v), WeChat saw %d sends; want a retry that succeeds",
+			r, stale.written > 0, len(e.f.seen()))
+	}
+}
+
+// A server that never stops sending its answer is read up to maxAnswer, not until the timeout
+// with the header held in memory (found by FuzzPosterAnswer: a server repeating "0").
+func TestPosterBoundsAnswer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var sent atomic.Int64
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		line := []byte("X-Padding: " + strings.Repeat("a", 1000) + "\r\n")
+		if n, err := c.Write([]byte("HTTP/1.1 200 OK\r\n")); err != nil {
+			return
+		} else {
+			sent.Add(int64(n))
+		}
+		for {
+			n, err := c.Write(line)
+			sent.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+	}()
+	p := newPoster("http://"+ln.Addr().String(), 1, 10*time.Second, noProxy)
+	var dst bytes.Buffer
+	t0 := time.Now()
+	_, err = p.post(context.Background(), "http://"+ln.Addr().String()+"/s", []byte(`{}`), &dst)
+	if !errors.Is(err, errAnswerTooLong) || time.Since(t0) > 5*time.Second {
+		t.Fatalf("err %v after %s; want errAnswerTooLong long before the 10s timeout", err, time.Since(t0))
+	}
+	endless := &answerConn{data: []byte("0"), endless: true}
+	_, err = posterOn(endless).post(context.Background(), "http://wechat.test/s", []byte(`{}`), &dst)
+	if !errors.Is(err, errAnswerTooLong) || endless.read != maxAnswer {
+		t.Fatalf("a status line that never ends: err %v after %d bytes, want errAnswerTooLong after %d", err, endless.read, maxAnswer)
+	}
+}
