@@ -41,7 +41,11 @@ func (p *Processor) handle(pt *partition, rec *kafkaio.Message) {
 
 	decoded, err := rules.DecodeEvent(msg.Value)
 	if err != nil {
-		p.deadLetter(ev, "undecodable", err)
+		reason := "undecodable"
+		if errors.Is(err, rules.ErrInvalidUTF8) {
+			reason = "invalid_utf8" // never sent with replacement characters
+		}
+		p.deadLetter(ev, reason, err)
 		return
 	}
 	meta := rules.Meta{EventID: decoded.ID(), Topic: pt.topic, Partition: pt.id, Offset: msg.Offset, Key: msg.Key, Time: msg.Time}

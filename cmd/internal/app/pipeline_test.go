@@ -195,6 +195,34 @@ func TestUndecodableEventGoesToDeadLetter(t *testing.T) {
 	waitFor(t, 10*time.Second, "commit past the dead letter", func() bool { return sum(h.committed()) == 2 })
 }
 
+// An event whose value is not valid UTF-8 is dead-lettered with reason invalid_utf8, byte for
+// byte, and never sent with replacement characters; the stream moves on.
+func TestInvalidUTF8IsDeadLetteredNotSent(t *testing.T) {
+	h := newHarness(t, wechatsim.Config{})
+	h.start()
+	bad := []byte(`{"event_id":"e-bad","type":"order.paid","occurred_at":"2026-11-22T10:00:00Z","order":{"id":"1","amount_fen":1},` +
+		`"user":{"openid":"oBad` + "\xc3(" + `"},"shop":{"name":"S","address":"A"}}`)
+	h.produce("events", kafka.Message{Key: []byte("oBad"), Value: bad}, event("e-after", "order.paid", "u1"))
+	h.outcomes(2, 20*time.Second)
+	dlq := h.readTopic("wxnotify.dlq", 1, 10*time.Second)
+	if len(dlq) != 1 || !bytes.Equal(dlq[0].Value, bad) {
+		t.Fatalf("dead letters %v, want the event byte for byte", dlq)
+	}
+	hdr := map[string]string{}
+	for _, x := range dlq[0].Headers {
+		hdr[x.Key] = string(x.Value)
+	}
+	if hdr["wxnotify.reason"] != "invalid_utf8" || !strings.Contains(hdr["wxnotify.error"], "UTF-8") {
+		t.Fatalf("dead letter headers %v", hdr)
+	}
+	for _, d := range h.sim.Deliveries() {
+		if bytes.Contains(d.Body, []byte("oBad")) {
+			t.Fatalf("sent: %s", d.Body)
+		}
+	}
+	waitFor(t, 10*time.Second, "commit past the dead letter", func() bool { return sum(h.committed()) == 2 })
+}
+
 // A token invalidated while running costs one token fetch and a retry of the sends that met it,
 // not a failure. e-2's two sends (two APIs of one account) may run at once, so one or both meet
 // the invalidated token.
