@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 )
 
 var update = flag.Bool("update", false, "rewrite the generated files (promtool exp_annotations, the PrometheusRule) instead of comparing")
@@ -108,14 +110,27 @@ func requireTool(t *testing.T, name string) string {
 // configVarRE matches ${VAR} and ${VAR:-default} as wxnotify's config loader expands them.
 var configVarRE = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(:-[^}]*)?\}`)
 
-// configVars returns the variables a wxnotify config file references, with whether each has a
-// default.
+// configVars returns the variables a wxnotify config file references in its values (not its
+// comments), with whether each has a default.
 func configVars(t *testing.T, path string) map[string]bool {
 	t.Helper()
-	vars := map[string]bool{}
-	for _, m := range configVarRE.FindAllStringSubmatch(string(readFile(t, path)), -1) {
-		vars[m[1]] = vars[m[1]] || m[2] != ""
+	var doc yaml.Node
+	if err := yaml.Unmarshal(readFile(t, path), &doc); err != nil {
+		t.Fatalf("%s: %v", path, err)
 	}
+	vars := map[string]bool{}
+	var walk func(n *yaml.Node)
+	walk = func(n *yaml.Node) {
+		if n.Kind == yaml.ScalarNode {
+			for _, m := range configVarRE.FindAllStringSubmatch(n.Value, -1) {
+				vars[m[1]] = vars[m[1]] || m[2] != ""
+			}
+		}
+		for _, c := range n.Content {
+			walk(c)
+		}
+	}
+	walk(&doc)
 	if len(vars) == 0 {
 		t.Fatalf("%s references no ${VAR}: the pattern is out of step with the file", path)
 	}
