@@ -114,9 +114,15 @@ var configVarRE = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(:-[^}]*)?\}`)
 // comments), with whether each has a default.
 func configVars(t *testing.T, path string) map[string]bool {
 	t.Helper()
+	return configVarsIn(t, path, readFile(t, path))
+}
+
+// configVarsIn is configVars of a config's text; name is for messages.
+func configVarsIn(t *testing.T, name string, b []byte) map[string]bool {
+	t.Helper()
 	var doc yaml.Node
-	if err := yaml.Unmarshal(readFile(t, path), &doc); err != nil {
-		t.Fatalf("%s: %v", path, err)
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		t.Fatalf("%s: %v", name, err)
 	}
 	vars := map[string]bool{}
 	var walk func(n *yaml.Node)
@@ -132,7 +138,7 @@ func configVars(t *testing.T, path string) map[string]bool {
 	}
 	walk(&doc)
 	if len(vars) == 0 {
-		t.Fatalf("%s references no ${VAR}: the pattern is out of step with the file", path)
+		t.Fatalf("%s references no ${VAR}: the pattern is out of step with the file", name)
 	}
 	return vars
 }
