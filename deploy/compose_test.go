@@ -3,10 +3,12 @@ package deploy_test
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"net"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -274,6 +276,10 @@ func TestCompose(t *testing.T) {
 		}
 	})
 
+	t.Run("kafka-init's script creates the topics and keys the samples by user", func(t *testing.T) {
+		runKafkaInit(t, project, filepath.Join(root, "configs", "samples", "events.jsonl"))
+	})
+
 	t.Run("mounted files exist", func(t *testing.T) {
 		for _, name := range sortedKeys(project.Services) {
 			for _, v := range project.Services[name].Volumes {
@@ -367,3 +373,66 @@ func listenPort(t *testing.T, addr string) uint32 {
 }
 
 func itoa(n uint32) string { return strconv.FormatUint(uint64(n), 10) }
+
+// runKafkaInit runs kafka-init's script, as compose hands it to bash, against stand-ins for
+// Kafka's tools (a topic store in files, a producer that records what it reads), twice: the
+// first run creates the topics and writes every sample keyed by its user's openid, the second
+// finds the events topic and writes nothing.
+func runKafkaInit(t *testing.T, project *types.Project, samples string) {
+	t.Helper()
+	svc := project.Services["kafka-init"]
+	if !slices.Equal(svc.Entrypoint, types.ShellCommand{"/bin/bash", "-ec"}) || len(svc.Command) != 1 {
+		t.Fatalf("kafka-init: entrypoint %q command %q: want /bin/bash -ec SCRIPT", svc.Entrypoint, svc.Command)
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "bin")
+	if err := os.Mkdir(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	stubs := map[string]string{
+		// --describe --topic T fails unless T was created; --create --topic T --partitions N records it.
+		"kafka-topics.sh": `#!/bin/bash
+set -e
+topic= parts= mode=
+while [ $# -gt 0 ]; do
+  case $1 in --describe) mode=describe;; --create) mode=create;; --topic) topic=$2; shift;; --partitions) parts=$2; shift;; esac
+  shift
+done
+if [ $mode = describe ]; then test -f "` + dir + `/topics/$topic"; exit; fi
+mkdir -p "` + dir + `/topics"; echo "$parts" > "` + dir + `/topics/$topic"
+`,
+		"kafka-console-producer.sh": "#!/bin/bash\ncat >> " + dir + "/produced\n",
+	}
+	for name, text := range stubs {
+		if err := os.WriteFile(filepath.Join(bin, name), []byte(text), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	script := strings.NewReplacer("bin=/opt/kafka/bin", "bin="+bin, "/samples/events.jsonl", samples).Replace(svc.Command[0])
+	for run := 1; run <= 2; run++ {
+		if out, err := runCmd(t, dir, []string{"PATH=" + os.Getenv("PATH")}, "/bin/bash", "-ec", script); err != nil {
+			t.Fatalf("kafka-init run %d: %v\n%s", run, err, out)
+		}
+	}
+	produced := strings.Split(strings.TrimSpace(string(readFile(t, filepath.Join(dir, "produced")))), "\n")
+	lines := strings.Split(strings.TrimSpace(string(readFile(t, samples))), "\n")
+	if len(produced) != len(lines) {
+		t.Fatalf("produced %d records over two runs, want the %d samples once", len(produced), len(lines))
+	}
+	for i, rec := range produced {
+		var ev struct {
+			User struct {
+				OpenID string `json:"openid"`
+			} `json:"user"`
+		}
+		if err := json.Unmarshal([]byte(lines[i]), &ev); err != nil {
+			t.Fatal(err)
+		}
+		if rec != ev.User.OpenID+"|"+lines[i] {
+			t.Errorf("record %d: %.60q..., want key %q then the sample", i, rec, ev.User.OpenID)
+		}
+	}
+	if parts, err := os.ReadFile(filepath.Join(dir, "topics", "events")); err != nil || strings.TrimSpace(string(parts)) != "8" {
+		t.Errorf("events topic: %q %v, want 8 partitions", parts, err)
+	}
+}
