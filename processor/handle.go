@@ -162,7 +162,7 @@ func (j *sendJob) run() {
 	if j.stateful {
 		var why string
 		if adm, why = p.controls.admit(note, j.dry, p.cfg.Now()); why != "" {
-			p.holds.answered(j)
+			p.holds.released(j)
 			j.end(StatusSkipped, wechat.Result{ErrMsg: why})
 			return
 		}

@@ -173,6 +173,28 @@ func (h *holds) answered(j *sendJob) {
 	h.resumeLocked(g)
 }
 
+// released notes that j, probed or resumed, ended without an answer from WeChat (controls
+// skipped it): the (account, API) stays as it is, and the next probe or resume goes out.
+func (h *holds) released(j *sendJob) {
+	if !j.probe && !j.resumed {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	g := h.gateLocked(j.gateKey())
+	if j.probe {
+		g.probing = false
+		if g.held {
+			h.probeLaterLocked(g)
+		}
+	}
+	if j.resumed {
+		g.resuming--
+	}
+	j.probe, j.resumed = false, false
+	h.resumeLocked(g)
+}
+
 // parkLocked parks j: at the head when it is older than every parked one (it was resumed or
 // probed), else at the tail.
 func (h *holds) parkLocked(g *gate, j *sendJob, again bool) {
@@ -222,6 +244,8 @@ func (h *holds) probe(g *gate) {
 		// Nothing waits: the next send tries WeChat for real, and holds it again if it fails.
 		g.held = false
 		g.metric.Set(0)
+		h.p.log.WithFields(logrus.Fields{"account": g.key.account, "api": g.key.api}).
+			Info("wechat hold lifted: no notification waits for this account and api; the next send tries it")
 		return
 	}
 	j := h.popLocked(g)
