@@ -198,3 +198,22 @@ func TestCommandRoundTrips(t *testing.T) {
 		t.Errorf("%s parses to\n%+v, want\n%+v", cmd, got, p)
 	}
 }
+
+// The soak's verdict follows the level, not single samples: a dip during a fault is flat, a
+// step that stays is not.
+func TestJudgeFlat(t *testing.T) {
+	at := func(vs ...float64) []soakSample {
+		out := make([]soakSample, len(vs))
+		for i, v := range vs {
+			out[i] = soakSample{at: time.Duration(i) * 10 * time.Second, goroutines: v}
+		}
+		return out
+	}
+	g := func(s soakSample) float64 { return s.goroutines }
+	if v, flat := judgeFlat(at(500, 100, 100, 100, 30, 100, 101, 100, 99, 100), 10*time.Second, 0.1, g); !flat {
+		t.Errorf("a dip during a fault judged not flat: %s", v)
+	}
+	if v, flat := judgeFlat(at(100, 123, 125, 124, 140, 150, 166, 165, 166, 167), 10*time.Second, 0.1, g); flat {
+		t.Errorf("a rise in steps judged flat: %s", v)
+	}
+}

@@ -8,8 +8,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	mrand "math/rand/v2"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,7 +30,7 @@ type soakOptions struct {
 	every    span
 	sample   time.Duration
 	warmup   time.Duration
-	flat     float64 // allowed drift from the first sample after warm-up
+	flat     float64 // allowed drift of the level after warm-up (judgeFlat)
 }
 
 func (o *soakOptions) flags(fs *flag.FlagSet) {
@@ -38,7 +40,7 @@ func (o *soakOptions) flags(fs *flag.FlagSet) {
 	fs.Var(&o.every, "soak-every", "soak: wait between faults (default 3s-8s)")
 	fs.DurationVar(&o.sample, "sample", o.sample, "soak: how often to sample memory and goroutines")
 	fs.DurationVar(&o.warmup, "warmup", o.warmup, "soak: samples before this are warm-up, not judged")
-	fs.Float64Var(&o.flat, "flat", o.flat, "soak: memory and goroutines may drift this share from the first sample after warm-up")
+	fs.Float64Var(&o.flat, "flat", o.flat, "soak: memory and goroutines may drift this share after warm-up (median of the first third of the samples against the last third)")
 }
 
 // soakSample is one look at the processor.
@@ -245,30 +247,37 @@ sampling:
 	return 0
 }
 
-// judgeFlat compares every sample after warmup with the first one after it.
+// judgeFlat compares the median of the first third of the samples after warmup with the median
+// of the last third: a fault moves single samples a lot (a held backlog, idle workers exiting
+// during a broker restart), a leak moves the level. allowed is the largest drift that is flat.
 func judgeFlat(samples []soakSample, warmup time.Duration, allowed float64, get func(soakSample) float64) (string, bool) {
-	var after []soakSample
+	var vs []float64
 	for _, s := range samples {
 		if s.at >= warmup {
-			after = append(after, s)
+			vs = append(vs, get(s))
 		}
 	}
-	if len(after) < 2 {
-		return fmt.Sprintf("not judged: %d samples after the %s warm-up", len(after), warmup), false
+	if len(vs) < 3 {
+		return fmt.Sprintf("not judged: %d samples after the %s warm-up, need 3", len(vs), warmup), false
 	}
-	base := get(after[0])
-	lo, hi := base, base
-	for _, s := range after {
-		lo, hi = min(lo, get(s)), max(hi, get(s))
-	}
-	last := get(after[len(after)-1])
-	flat := base > 0 && hi <= base*(1+allowed) && lo >= base*(1-allowed)
-	word := "stayed within"
+	third := len(vs) / 3
+	first, last := median(vs[:third]), median(vs[len(vs)-third:])
+	drift := last/first - 1
+	flat := first > 0 && math.Abs(drift) <= allowed
+	word := "flat"
 	if !flat {
-		word = "left"
+		word = "NOT flat"
 	}
-	return fmt.Sprintf("%s %.0f%% after warm-up: %.4g at %.0fs, range %.4g-%.4g (%+.1f%%/%+.1f%%), last %.4g over %d samples",
-		word, allowed*100, base, after[0].at.Seconds(), lo, hi, 100*(lo/base-1), 100*(hi/base-1), last, len(after)), flat
+	return fmt.Sprintf("%s: median of the first third after warm-up %.4g, of the last third %.4g (%+.1f%%, allowed %.0f%%); samples ranged %.4g-%.4g (%d after warm-up)",
+		word, first, last, 100*drift, 100*allowed, slices.Min(vs), slices.Max(vs), len(vs)), flat
+}
+
+func median(vs []float64) float64 {
+	s := slices.Sorted(slices.Values(vs))
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 // produceSteady writes events [0, n) at rate per second, in 10ms ticks, until ctx ends.
