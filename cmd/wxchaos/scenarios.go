@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"time"
 
@@ -354,6 +355,7 @@ func commonMisses(res *result) []string {
 	add(res.Races > 0, "%d data races reported by processor children", res.Races)
 	add(!res.malformed && res.DeadLettered+res.ForeignDLQ > 0, "%d dead letters in a run without malformed records", res.DeadLettered+res.ForeignDLQ)
 	add(res.ForeignOutcomes > 0, "%d outcomes name no expected notification", res.ForeignOutcomes)
+	add(len(res.Unclean) > 0, "%d members did not stop cleanly on SIGTERM (%s)", len(res.Unclean), strings.Join(res.Unclean, "; "))
 	return m
 }
 
