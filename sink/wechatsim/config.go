@@ -29,6 +29,10 @@ type Config struct {
 	// OpenIDs, if non-empty, lists the only touser values accepted (else 40003).
 	OpenIDs []string
 
+	// TokenPrefix starts every access token the simulator mints (default none: opaque random
+	// text). A sentinel prefix lets a test count tokens that leak into logs, outcomes or metrics.
+	TokenPrefix string
+
 	// TokenTTL is the lifetime of an access token. Default 7200s.
 	TokenTTL time.Duration
 	// TokenGrace is how long the previous classic (/cgi-bin/token) token keeps working after a new

@@ -64,6 +64,7 @@ func New(cfg Config) *Server {
 		rids:    newRIDSource(),
 		closing: make(chan struct{}),
 	}
+	s.tokens.prefix = cfg.TokenPrefix
 	s.inflight.m = make(map[inflightKey]struct{})
 	s.msgid.Store(msgidBase)
 	if len(cfg.OpenIDs) > 0 {

@@ -144,3 +144,18 @@ func TestSendTokenErrors(t *testing.T) {
 		t.Errorf("expired token: %s", got.raw)
 	}
 }
+
+// A sentinel prefix marks every token minted, by both endpoints, and the tokens still work.
+func TestTokenPrefixMarksEveryToken(t *testing.T) {
+	s := start(t, wechatsim.Config{TokenPrefix: "SENTINEL-TOKEN-"})
+	stable := do(t, "POST", s.URL()+"/cgi-bin/stable_token", `{"grant_type":"client_credential","appid":"`+appID+`","secret":"`+secret+`"}`)
+	classic := do(t, "GET", s.URL()+"/cgi-bin/token?grant_type=client_credential&appid="+appID+"&secret="+secret, "")
+	for _, tok := range []string{stable.AccessToken, classic.AccessToken} {
+		if !strings.HasPrefix(tok, "SENTINEL-TOKEN-") || len(tok) < 100 {
+			t.Fatalf("token %.40q... lacks the prefix or is short", tok)
+		}
+		if got := send(t, s, subPath, tok, subscribeBody); got.ErrCode != 0 {
+			t.Fatalf("send with a prefixed token: %s", got.raw)
+		}
+	}
+}

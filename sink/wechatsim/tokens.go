@@ -28,6 +28,7 @@ type tokenInfo struct {
 // tokenStore issues and checks access tokens. Reads (every send call) take the read lock only.
 type tokenStore struct {
 	ttl, grace, window time.Duration
+	prefix             string // Config.TokenPrefix
 
 	mu        sync.RWMutex
 	byToken   map[string]*tokenInfo
@@ -110,7 +111,7 @@ func (ts *tokenStore) mintLocked(k tokenKey, now time.Time) string {
 	if len(ts.byToken) >= ts.nextSweep {
 		ts.sweepLocked(now)
 	}
-	tok := newToken()
+	tok := ts.prefix + newToken()
 	ts.byToken[tok] = &tokenInfo{appid: k.appid, kind: k.kind, expires: now.Add(ts.ttl)}
 	ts.current[k] = tok
 	return tok
