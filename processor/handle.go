@@ -118,6 +118,11 @@ func (p *Processor) dispatch(ev *event, note *rules.Notification, dry bool) {
 	j := &sendJob{p: p, ev: ev, note: *note, dry: dry, stateful: stateful}
 	j.job = j
 	j.setKeys(laneKey, userKey, dedupeKey)
+	if !dry && p.holds.held(j.gateKey()) {
+		// It will park, or wait in a lane behind one that did: either way it should not take
+		// the in-flight budget from the (account, API)s that flow.
+		ev.moveToHeld()
+	}
 	p.sched.submit(&j.task)
 }
 
@@ -302,15 +307,15 @@ func (ev *event) release() {
 // notifications parks, so fetching goes on for the other (account, API)s. With the held budget
 // full it keeps its in-flight slot. Delayed records keep their own budget.
 func (ev *event) moveToHeld() {
-	if ev.delayed != nil || ev.held.Load() {
+	if ev.delayed != nil || !ev.held.CompareAndSwap(false, true) {
 		return
 	}
 	select {
 	case ev.p.heldBudget <- struct{}{}:
-		ev.held.Store(true)
 		ev.p.release()
 		ev.p.metrics.heldEvents.Inc()
 	default:
+		ev.held.Store(false)
 	}
 }
 

@@ -100,6 +100,14 @@ func holdable(r wechat.Result) bool {
 	return false
 }
 
+// held reports whether the (account, API) is held now.
+func (h *holds) held(k gateKey) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	g := h.gates[k]
+	return g != nil && g.held
+}
+
 // admit reports whether j may call WeChat now; if not, j is parked (it keeps its lanes).
 func (h *holds) admit(j *sendJob) bool {
 	if j.probe || j.resumed {
