@@ -51,6 +51,10 @@ type result struct {
 	Recovery      time.Duration // the longest time from a fault's end to the next new outcome
 	RecoveryNever int           // faults after which no new outcome came though some were missing
 	Drain         time.Duration // from the last fault's end to the last new outcome (0: done before it)
+	// Pauses are, for the faults that measure one (a member joining a group that is working),
+	// the longest gap between consecutive first outcomes within pauseWindow of the fault: how long
+	// consumption stopped for the rebalance.
+	Pauses []time.Duration
 
 	Secrets           map[string]int // source -> sentinel occurrences
 	Races             int            // "WARNING: DATA RACE" in member logs (race-built children)
@@ -196,7 +200,28 @@ func check(led *ledger, dels []wechatsim.Delivery, faults []fault, t0 time.Time)
 	if len(firsts) > 0 && !lastEnd.IsZero() && firsts[len(firsts)-1].After(lastEnd) {
 		res.Drain = firsts[len(firsts)-1].Sub(lastEnd)
 	}
+	for _, f := range faults {
+		if f.pause {
+			res.Pauses = append(res.Pauses, longestGap(firsts, f.start, f.start.Add(pauseWindow)))
+		}
+	}
 	return res
+}
+
+// pauseWindow is how long after a join its rebalance pause is looked for.
+const pauseWindow = 15 * time.Second
+
+// longestGap returns the longest time between consecutive times of sorted within [from, to]
+// (from itself counts as the first).
+func longestGap(sorted []time.Time, from, to time.Time) time.Duration {
+	i := sort.Search(len(sorted), func(i int) bool { return sorted[i].After(from) })
+	var gap time.Duration
+	prev := from
+	for ; i < len(sorted) && !sorted[i].After(to); i++ {
+		gap = max(gap, sorted[i].Sub(prev))
+		prev = sorted[i]
+	}
+	return gap
 }
 
 // marker finds "chaos=<event id>~<rule>", which every chaos rule puts in its body.

@@ -30,6 +30,13 @@ func printTable(w io.Writer, results []*result) {
 		if r.Deduplicated > 0 {
 			fmt.Fprintf(w, "  template.send re-sends WeChat (the simulator) dropped by client_msg_id: %d\n", r.Deduplicated)
 		}
+		if len(r.Pauses) > 0 {
+			ps := make([]string, len(r.Pauses))
+			for i, p := range r.Pauses {
+				ps[i] = durText(p)
+			}
+			fmt.Fprintf(w, "  consumption pause of each rebalance (longest gap between new outcomes after a join): %s\n", strings.Join(ps, " / "))
+		}
 		if r.ForeignDeliveries > 0 {
 			fmt.Fprintf(w, "  deliveries that name no notification of the run: %d\n", r.ForeignDeliveries)
 		}

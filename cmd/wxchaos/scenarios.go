@@ -55,6 +55,8 @@ var scenarios = []*scenario{
 		drive: (*runner).freezes, misses: perFaultBound((params).resendBound)},
 	{name: "rebalance-storm", about: "three members, one leaving (SIGTERM) or joining every 1-4 s", latency: slowCalls, members: 3, faults: 12,
 		drive: (*runner).storm, misses: perFaultBound(func(p params) int { return p.MaxInFlight })},
+	{name: "grow", about: "a working member is joined by a second, then a third (the consumption pause of each rebalance)", latency: slowCalls, members: 1, faults: 2,
+		drive: (*runner).grow, misses: perFaultBound(func(p params) int { return p.MaxInFlight })},
 	{name: "malformed", about: "1% malformed records: not JSON, or invalid UTF-8 (oBad\\xc3() in a string", latency: fastCalls, members: 1, malformed: true,
 		misses: malformedMisses},
 }
@@ -287,6 +289,24 @@ func (r *runner) storm(ctx context.Context) error {
 	return nil
 }
 
+// grow joins members to a working group one at a time, after progress since the previous join,
+// up to 1 + params.Faults members, measuring each rebalance's pause.
+func (r *runner) grow(ctx context.Context) error {
+	since := time.Time{}
+	for range r.p.Faults {
+		if ok, err := r.beforeFault(ctx, since); !ok {
+			return err
+		}
+		now := time.Now()
+		if _, err := r.fleet.start(freeSlot(r.fleet.running())); err != nil {
+			return err
+		}
+		r.faults.add(fault{kind: "member joins", start: now, end: now, pause: true})
+		since = now
+	}
+	return nil
+}
+
 func freeSlot(ms []*member) int {
 	used := make(map[int]bool)
 	for _, m := range ms {
@@ -305,6 +325,7 @@ type fault struct {
 	kind       string
 	start, end time.Time
 	recovery   bool // measure the time from end to the next new outcome
+	pause      bool // measure the longest gap between new outcomes after start (a rebalance)
 }
 
 type faultLog struct {
