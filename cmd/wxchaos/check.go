@@ -71,6 +71,9 @@ type faultResends struct {
 	Kind   string
 	At     string // since the members started
 	Resent int
+	// Finished is the part of Resent whose notification already had an outcome before the
+	// fault: finished but not yet committed (the rest were in flight when it struck).
+	Finished int
 }
 
 func (r *result) secretsTotal() int {
@@ -136,6 +139,7 @@ func check(led *ledger, dels []wechatsim.Delivery, faults []fault, t0 time.Time)
 		res.Faults[f.kind]++
 	}
 	perFault := make([]int, len(faults))
+	perFaultFinished := make([]int, len(faults))
 	var firsts []time.Time
 	for n := range led.notifs {
 		nt := &led.notifs[n]
@@ -168,6 +172,9 @@ func check(led *ledger, dels []wechatsim.Delivery, faults []fault, t0 time.Time)
 			for _, k := range ds[1:] {
 				if f := lastFaultBefore(faults, dels[k].At); f >= 0 {
 					perFault[f]++
+					if nt.outcomes > 0 && nt.first.Before(faults[f].start) {
+						perFaultFinished[f]++
+					}
 				} else {
 					res.Unattributed++
 				}
@@ -176,7 +183,7 @@ func check(led *ledger, dels []wechatsim.Delivery, faults []fault, t0 time.Time)
 	}
 	for i, c := range perFault {
 		if c > 0 {
-			res.PerFault = append(res.PerFault, faultResends{Kind: faults[i].kind, At: since(t0, faults[i].start), Resent: c})
+			res.PerFault = append(res.PerFault, faultResends{Kind: faults[i].kind, At: since(t0, faults[i].start), Resent: c, Finished: perFaultFinished[i]})
 		}
 	}
 	res.OrderViolations = orderViolations(led, delivs)

@@ -134,7 +134,7 @@ func (r *result) perFaultText() string {
 	var parts []string
 	if len(r.PerFault) <= 12 {
 		for _, f := range r.PerFault {
-			parts = append(parts, fmt.Sprintf("%s @%s: %d", f.Kind, f.At, f.Resent))
+			parts = append(parts, fmt.Sprintf("%s @%s: %d (%d in flight, %d finished uncommitted)", f.Kind, f.At, f.Resent, f.Resent-f.Finished, f.Finished))
 		}
 	} else {
 		type agg struct{ total, n, worst int }
