@@ -19,6 +19,7 @@ const (
 	configEnv     = "WXCHAOS_CONFIG"
 	weappSecret   = "WXCHAOS_WEAPP_SECRET"
 	mpSecret      = "WXCHAOS_MP_SECRET"
+	kafkaPassword = "WXCHAOS_KAFKA_PASSWORD"
 )
 
 // groupID is the processor members' consumer group.
@@ -47,8 +48,8 @@ func childMain() int {
 	return 0
 }
 
-// processorYAML is a member's config. It uses only keys `wxnotify run` has accepted since the
-// chaos command was written, so the command runs against old and new processors alike.
+// processorYAML is a member's config, as an operator would write it: secrets only as ${VAR}
+// references to the member's environment.
 func processorYAML(p params, broker, simURL, rulesPath, opsAddr string) string {
 	return fmt.Sprintf(`kafka:
   brokers: [%q]
@@ -57,6 +58,7 @@ func processorYAML(p params, broker, simURL, rulesPath, opsAddr string) string {
   session_timeout: %s
   heartbeat_interval: %s
   rebalance_timeout: %s
+  sasl: {mechanism: SCRAM-SHA-512, username: %s, password: "${%s}"}
 wechat:
   base_url: %q
   accounts:
@@ -74,7 +76,7 @@ processor:
 log:
   level: info
   format: json
-`, broker, groupID, eventsTopic, p.SessionTimeout, p.HeartbeatInterval, p.RebalanceTimeout,
+`, broker, groupID, eventsTopic, p.SessionTimeout, p.HeartbeatInterval, p.RebalanceTimeout, kafkaUser, kafkaPassword,
 		simURL, weappAppID, weappSecret, mpAppID, mpSecret, rulesPath, opsAddr,
 		p.MaxInFlight, p.CommitInterval, p.DrainTimeout)
 }

@@ -182,8 +182,8 @@ func eventIndex(id string) int {
 
 // newProducer is the chaos run's producer: franz-go's kgo, a client independent of the
 // processor's, acks from all replicas, and the produce timeout that marks its requests.
-func newProducer(broker string) (*kgo.Client, error) {
-	return kgo.NewClient(kgo.SeedBrokers(broker), kgo.DefaultProduceTopic(eventsTopic),
+func newProducer(b *broker) (*kgo.Client, error) {
+	return kgo.NewClient(kgo.SeedBrokers(b.addr), b.sasl(), kgo.DefaultProduceTopic(eventsTopic),
 		kgo.ProduceRequestTimeout(producerTimeout), kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.MetadataMinAge(250*time.Millisecond))
 }

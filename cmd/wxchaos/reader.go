@@ -23,8 +23,8 @@ type reader struct {
 	moved chan struct{}              // closed and replaced after every poll
 }
 
-func startReader(broker string, sink func(*kgo.Record, time.Time)) (*reader, error) {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(broker), kgo.ConsumeTopics(outcomes, deadLetters),
+func startReader(b *broker, sink func(*kgo.Record, time.Time)) (*reader, error) {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(b.addr), b.sasl(), kgo.ConsumeTopics(outcomes, deadLetters),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchMaxWait(readerMaxWait),
 		kgo.MetadataMinAge(250*time.Millisecond))
 	if err != nil {

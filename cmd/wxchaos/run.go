@@ -32,14 +32,15 @@ func newWorld(dir string, p params, noRecord bool) (w *world, err error) {
 			w.close(0)
 		}
 	}()
-	if w.broker, err = startBroker(filepath.Join(dir, "kafka")); err != nil {
-		return nil, err
-	}
 	// The secrets of the chaos world are sentinels: a scan of everything the processor wrote
 	// afterwards must not find one.
 	secrets := map[string]string{
-		weappSecret: sentinel + "-APPSECRET-weapp-" + randomHex(8),
-		mpSecret:    sentinel + "-APPSECRET-mp-" + randomHex(8),
+		weappSecret:   sentinel + "-APPSECRET-weapp-" + randomHex(8),
+		mpSecret:      sentinel + "-APPSECRET-mp-" + randomHex(8),
+		kafkaPassword: sentinel + "-SASL-" + randomHex(8),
+	}
+	if w.broker, err = startBroker(filepath.Join(dir, "kafka"), secrets[kafkaPassword]); err != nil {
+		return nil, err
 	}
 	w.sim, err = wechatsim.Start(wechatsim.Config{
 		Accounts:    map[string]string{weappAppID: secrets[weappSecret], mpAppID: secrets[mpSecret]},
@@ -57,7 +58,7 @@ func newWorld(dir string, p params, noRecord bool) (w *world, err error) {
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
 		return nil, err
 	}
-	env := []string{weappSecret + "=" + secrets[weappSecret], mpSecret + "=" + secrets[mpSecret]}
+	env := []string{weappSecret + "=" + secrets[weappSecret], mpSecret + "=" + secrets[mpSecret], kafkaPassword + "=" + secrets[kafkaPassword]}
 	w.fleet, err = newFleet(logDir, env, func(ops string) string {
 		return processorYAML(p, w.broker.addr, w.sim.URL(), w.rulesPath, ops)
 	})
@@ -121,7 +122,7 @@ func runScenario(ctx context.Context, sc *scenario, p params, seed uint64, dir s
 	if err != nil {
 		return nil, err
 	}
-	prod, err := newProducer(r.broker.addr)
+	prod, err := newProducer(r.broker)
 	if err != nil {
 		return nil, err
 	}
@@ -132,7 +133,7 @@ func runScenario(ctx context.Context, sc *scenario, p params, seed uint64, dir s
 	}
 
 	r.led = newLedger(evs, expect)
-	rd, err := startReader(r.broker.addr, r.led.record)
+	rd, err := startReader(r.broker, r.led.record)
 	if err != nil {
 		return nil, err
 	}

@@ -132,7 +132,7 @@ func soak(ctx context.Context, p params, o soakOptions, seed uint64, dir string,
 	grace := p.DrainTimeout + 10*time.Second
 	defer w.close(grace)
 	tally := &soakTally{count: make([]uint8, n), changed: make(chan struct{})}
-	rd, err := startReader(w.broker.addr, tally.record)
+	rd, err := startReader(w.broker, tally.record)
 	if err != nil {
 		fmt.Fprintf(stderr, "wxchaos: soak: %v\n", err)
 		return 1
@@ -146,7 +146,7 @@ func soak(ctx context.Context, p params, o soakOptions, seed uint64, dir string,
 		fmt.Fprintf(stderr, "wxchaos: soak: %v\n", err)
 		return 1
 	}
-	prod, err := newProducer(w.broker.addr)
+	prod, err := newProducer(w.broker)
 	if err != nil {
 		fmt.Fprintf(stderr, "wxchaos: soak: %v\n", err)
 		return 1

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/sasl/scram"
 	"math/rand/v2"
 	"net"
 	"strconv"
@@ -34,29 +36,41 @@ const (
 	producerTimeout = 7777 * time.Millisecond
 )
 
+// kafkaUser is the SASL user of every client of the chaos world's broker.
+const kafkaUser = "wxchaos"
+
+// sasl is what the chaos process's own clients authenticate with.
+func (b *broker) sasl() kgo.Opt {
+	return kgo.SASL(scram.Auth{User: kafkaUser, Pass: b.password}.AsSha512Mechanism())
+}
+
 // broker is the in-process Kafka broker (kfake), persistent (DataDir) on a fixed port so a
 // restart keeps records, topics and committed offsets and clients find it where it was.
 type broker struct {
 	opts  []kfake.Opt
 	addr  string
 	hooks func(*kfake.Cluster) // installed on every start; nil = none
+	// password is the SCRAM-SHA-512 password of kafkaUser, the only user the broker takes: a
+	// sentinel, like the app secrets.
+	password string
 
 	mu sync.Mutex
 	c  *kfake.Cluster // nil while down
 }
 
-func startBroker(dataDir string) (*broker, error) {
+func startBroker(dataDir, password string) (*broker, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
 	}
 	_, portText, _ := net.SplitHostPort(addr)
 	port, _ := strconv.Atoi(portText)
-	b := &broker{addr: addr, opts: []kfake.Opt{
+	b := &broker{addr: addr, password: password, opts: []kfake.Opt{
 		kfake.NumBrokers(1), kfake.Ports(port), kfake.DataDir(dataDir),
 		kfake.SeedTopics(eventPartitions, eventsTopic), kfake.SeedTopics(outcomePartitions, outcomes),
 		kfake.SeedTopics(dlqPartitions, deadLetters), kfake.SeedTopics(2, delayed),
 		kfake.GroupMinSessionTimeout(500 * time.Millisecond),
+		kfake.EnableSASL(), kfake.Superuser("SCRAM-SHA-512", kafkaUser, password),
 	}}
 	if err := b.up(); err != nil {
 		return nil, err
