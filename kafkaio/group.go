@@ -316,7 +316,8 @@ func (g *Generation) Commit(ctx context.Context, offsets []Offset) error {
 // address, which the Transport serves from a pool of that broker. It finds the coordinator
 // again before every heartbeat: kafka-go's Client.Heartbeat reads a v1+ answer with its error
 // code and throttle time swapped (kafka-go PR #1371), so it reports no error for
-// NOT_COORDINATOR and a moved coordinator would never be noticed from the answers.
+// NOT_COORDINATOR and a moved coordinator would never be noticed from the answers (nor an
+// eviction: an evicted member heartbeats on, uselessly, until its drain ends).
 func (g *Generation) KeepAlive(log logrus.FieldLogger) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
