@@ -79,8 +79,8 @@ func (p *Processor) handle(pt *partition, rec *kafkaio.Message) {
 		switch {
 		case note.WhenErr:
 		case note.Err != nil:
-			p.emit(ev, note, StatusRejected, wechat.Result{ErrMsg: note.Err.Error()})
-		case hasControls(note.Rule) && p.gate(ev, note):
+			p.emitInLane(ev, note, laneKey, StatusRejected, wechat.Result{ErrMsg: note.Err.Error()})
+		case hasControls(note.Rule) && p.gate(ev, note, laneKey):
 			// Notification controls (controls.go): expired, skipped or delayed.
 		default:
 			p.dispatch(ev, note, laneKey, p.cfg.DryRun || note.Rule.DryRun)
@@ -88,13 +88,14 @@ func (p *Processor) handle(pt *partition, rec *kafkaio.Message) {
 	}
 }
 
-// dispatch starts a notification that passed the controls decided at evaluation: a dry run is
-// finished at once unless dedupe or throttle must decide it in order; anything else becomes a
-// task in the Kafka key's lane, the recipient's lane and, with dedupe, the dedupe key's lane.
+// dispatch starts a notification that passed the controls decided at evaluation: a dry run
+// needs no lane but the Kafka key's (its outcome's order) unless dedupe or throttle must decide
+// it in order; anything else becomes a task in the Kafka key's lane, the recipient's lane and,
+// with dedupe, the dedupe key's lane.
 func (p *Processor) dispatch(ev *event, note *rules.Notification, laneKey string, dry bool) {
 	stateful := hasStateful(note.Rule)
 	if dry && !stateful {
-		p.emit(ev, note, StatusDryRun, wechat.Result{})
+		p.emitInLane(ev, note, laneKey, StatusDryRun, wechat.Result{})
 		return
 	}
 	userKey := "u\x00" + note.Rule.Account + "\x00" + note.ToUser
@@ -119,22 +120,23 @@ type sendJob struct {
 
 func (j *sendJob) runTask(t *task) { j.p.send(t, j.ev, &j.note, j.dry, j.stateful) }
 
-// send makes the WeChat call for one notification; it holds the notification's lanes only for
-// the call, not for the outcome write.
+// send makes the WeChat call for one notification. It holds the notification's lanes for the
+// call and until the outcome is published (queued, not acknowledged), so that the outcomes of
+// one Kafka key are published in their events' order.
 func (p *Processor) send(t *task, ev *event, note *rules.Notification, dry, stateful bool) {
 	var adm admission
 	if stateful {
 		var why string
 		if adm, why = p.controls.admit(note, dry, p.cfg.Now()); why != "" {
-			p.sched.done(t)
 			p.emit(ev, note, StatusSkipped, wechat.Result{ErrMsg: why})
+			p.sched.done(t)
 			return
 		}
 	}
 	if dry {
 		adm.settle(true, p.cfg.Now())
-		p.sched.done(t)
 		p.emit(ev, note, StatusDryRun, wechat.Result{})
+		p.sched.done(t)
 		return
 	}
 	res := p.sender.Send(p.sendCtx, wechat.Request{
@@ -148,7 +150,6 @@ func (p *Processor) send(t *task, ev *event, note *rules.Notification, dry, stat
 	if stateful {
 		adm.settle(res.OK(), p.cfg.Now())
 	}
-	p.sched.done(t)
 	status := StatusSent
 	if !res.OK() {
 		status = StatusFailed
@@ -159,6 +160,22 @@ func (p *Processor) send(t *task, ev *event, note *rules.Notification, dry, stat
 		}).Warn("notification failed")
 	}
 	p.emit(ev, note, status, res)
+	p.sched.done(t)
+}
+
+// emitInLane publishes an outcome decided without a send (rejected, expired, skipped, a dry run)
+// from the event's Kafka key lane, after the outcomes of the key's earlier events, as a send's
+// outcome is. An event without a key has no order to keep.
+func (p *Processor) emitInLane(ev *event, note *rules.Notification, laneKey, status string, res wechat.Result) {
+	if laneKey == "" {
+		p.emit(ev, note, status, res)
+		return
+	}
+	n := *note // the caller's buffer is reused for the next event
+	p.sched.submit(newTask(func(t *task) {
+		p.emit(ev, &n, status, res)
+		p.sched.done(t)
+	}, laneKey))
 }
 
 // emit publishes the outcome of one notification.

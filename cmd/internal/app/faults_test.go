@@ -563,3 +563,73 @@ func TestInterleavedAbortedTransactions(t *testing.T) {
 		t.Errorf("%d sends, want %d: aborted events were sent", d, 2*len(committed))
 	}
 }
+
+// Outcome records of one Kafka key reach the outcome topic in their events' order, while produce
+// requests to two outcome partitions are refused for a while (retried whole, ahead of later
+// records), connections of a third are dropped, and leaders move between three brokers. A third
+// of the events have a notification rejected at evaluation (a value WeChat would refuse), whose
+// outcome is decided without a send. The user sees, for every key, outcomes in event order and
+// exactly one per notification.
+func TestOutcomeOrderPerKeyAcrossFailures(t *testing.T) {
+	h := newHarness(t, wechatsim.Config{Latency: 2 * time.Millisecond}, kfake.NumBrokers(3))
+	faults := h.cluster.Fault(
+		kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: h.cfg.Kafka.OutcomesTopic, Partitions: []int32{0}, Err: kerr.NotLeaderForPartition, Count: 4},
+		kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: h.cfg.Kafka.OutcomesTopic, Partitions: []int32{2}, Err: kerr.NotEnoughReplicas, Count: 4},
+	)
+	var toP1 atomic.Int64
+	h.cluster.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		h.cluster.KeepControl()
+		for _, rt := range req.(*kmsg.ProduceRequest).Topics {
+			for _, rp := range rt.Partitions {
+				if rt.Topic == h.cfg.Kafka.OutcomesTopic && rp.Partition == 1 && toP1.Add(1)%4 == 0 {
+					return nil, errors.New("the test drops the connection"), true
+				}
+			}
+		}
+		return nil, nil, false
+	})
+	h.start()
+	var msgs []kafka.Message
+	for i := range 400 {
+		m := event(fmt.Sprintf("or-%04d", i), "order.paid", fmt.Sprintf("user%02d", i%40))
+		if i%3 == 1 { // thing3 over 20 characters: order-paid-subscribe is rejected, order-paid sent
+			m.Value = bytes.Replace(m.Value, []byte(`"name":"TIT创意园店"`), []byte(`"name":"广州市海珠区新港中路397号TIT创意园二期旗舰店"`), 1)
+		}
+		msgs = append(msgs, m)
+	}
+	for round := range 4 {
+		h.produce("events", msgs[round*100:(round+1)*100]...)
+		h.cluster.ShufflePartitionLeaders()
+	}
+	wantOneOutcomeEach(t, h.outcomeCounts(2*len(msgs), 60*time.Second), msgs)
+	if faults.Hits() < 8 || toP1.Load() < 4 {
+		t.Errorf("%d produce requests refused and %d to partition 1 seen: the faults did not bite", faults.Hits(), toP1.Load())
+	}
+	// Per key, the events' offsets as their outcomes appear, in outcome topic order.
+	byKey := map[string][]int64{}
+	for _, m := range h.readUpTo(h.cfg.Kafka.OutcomesTopic, h.endOffsets(h.cfg.Kafka.OutcomesTopic)) {
+		var o struct {
+			Source struct {
+				Offset int64 `json:"offset"`
+			} `json:"source"`
+		}
+		if err := json.Unmarshal(m.Value, &o); err != nil {
+			t.Fatal(err)
+		}
+		byKey[string(m.Key)] = append(byKey[string(m.Key)], o.Source.Offset)
+	}
+	bad := 0
+	for key, offs := range byKey {
+		for i := 1; i < len(offs); i++ {
+			if offs[i] < offs[i-1] {
+				if bad++; bad <= 5 {
+					t.Errorf("key %s: the outcome of offset %d follows the outcome of offset %d", key, offs[i], offs[i-1])
+				}
+				break
+			}
+		}
+	}
+	if bad > 5 {
+		t.Errorf("... %d keys out of order in all", bad)
+	}
+}
