@@ -261,6 +261,9 @@ func TestBrokerRestartMidStream(t *testing.T) {
 	const maxInFlight, restarts = 32, 3
 	h.cfg.Processor.MaxInFlight = maxInFlight
 	h.cfg.Kafka.SessionTimeout = 6 * time.Second
+	// The defaults: the outcome writer's retries back off up to 5s, so outcomes held through the
+	// outage may land a few seconds after the broker is back, within the drain.
+	h.cfg.Processor.DrainTimeout, h.cfg.Kafka.RebalanceTimeout = 15*time.Second, 30*time.Second
 	h.start()
 	msgs := orderEvents("br-", 600)
 	h.produce("events", msgs...)
