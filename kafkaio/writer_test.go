@@ -406,6 +406,31 @@ func TestWriterAuthorizationFailureIsPermanent(t *testing.T) {
 	}
 }
 
+// A topic deleted under the writer is unknown to the broker, and then to the client's metadata:
+// its records are retried for UnknownTopicGrace (a topic just created is unknown for a while
+// too), then fail with a *PermanentError naming the topic and UNKNOWN_TOPIC_OR_PARTITION instead
+// of being retried forever.
+func TestWriterMissingTopicBecomesPermanent(t *testing.T) {
+	c := startCluster(t, kfake.SeedTopics(1, "out"))
+	cl, _ := newClient(t, c, []string{"out"})
+	w := startWriter(t, cl, WriterConfig{Topics: []string{"out"}, RetryBackoff: 20 * time.Millisecond, MaxRetryBackoff: 100 * time.Millisecond,
+		UnknownTopicGrace: time.Second})
+	if err := c.DeleteTopic("out"); err != nil {
+		t.Fatal(err)
+	}
+	res := newResults()
+	start := time.Now()
+	res.publish(w, "r", Record{Topic: "out", Value: []byte("r")})
+	res.wait(t, 20*time.Second)
+	var perr *PermanentError
+	if err := res.err("r"); !errors.As(err, &perr) || !errors.Is(err, kafka.UnknownTopicOrPartition) || perr.Topic != "out" {
+		t.Errorf("the record: %v, want a *PermanentError of topic out for UNKNOWN_TOPIC_OR_PARTITION", err)
+	}
+	if took := time.Since(start); took < time.Second {
+		t.Errorf("failed after %s, before the 1s grace", took)
+	}
+}
+
 // Retriable failures (a leader moving, replicas missing, a topic whose metadata is still
 // spreading, a connection dropped unanswered) are retried with exponential backoff until the
 // record is acknowledged, and it is written once.
