@@ -13,7 +13,9 @@
 //     commit until the generation ends (group.go);
 //   - heartbeats while revoked partitions drain are addressed to the coordinator's own
 //     connection pool, because kafka-go's heartbeat request lacks the group routing the
-//     Transport uses for other group requests and would go to any broker (group.go).
+//     Transport uses for other group requests and would go to any broker, and the coordinator
+//     is found again before each one, because kafka-go misreads the heartbeat's error code
+//     (group.go).
 //
 // The package knows records, partitions and offsets; it does not know events, rules or
 // outcomes. Package processor decides what to fetch, when a record is finished and what to

@@ -312,8 +312,12 @@ func (g *Generation) Commit(ctx context.Context, offsets []Offset) error {
 // kafka-go's heartbeat request has no group routing (its protocol type lacks the Group method
 // by which the Transport sends group requests to the coordinator), so through the cluster's
 // address it would reach any broker, and a broker that is not the coordinator answers
-// NOT_COORDINATOR. KeepAlive therefore finds the coordinator and addresses each heartbeat to the
-// coordinator's own address, which the Transport serves from a pool of that broker.
+// NOT_COORDINATOR. KeepAlive therefore addresses each heartbeat to the coordinator's own
+// address, which the Transport serves from a pool of that broker. It finds the coordinator
+// again before every heartbeat: kafka-go's Client.Heartbeat reads a v1+ answer with its error
+// code and throttle time swapped (kafka-go PR #1371), so it reports no error for
+// NOT_COORDINATOR and a moved coordinator would never be noticed from the answers (nor an
+// eviction: an evicted member heartbeats on, uselessly, until its drain ends).
 func (g *Generation) KeepAlive(log logrus.FieldLogger) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -321,10 +325,9 @@ func (g *Generation) KeepAlive(log logrus.FieldLogger) (stop func()) {
 		defer close(done)
 		t := time.NewTicker(g.hb)
 		defer t.Stop()
-		var coord net.Addr
 		for {
 			hctx, hcancel := context.WithTimeout(ctx, max(g.hb, time.Second))
-			err := g.heartbeat(hctx, &coord)
+			err := g.heartbeat(hctx)
 			hcancel()
 			switch {
 			case err == nil || errors.Is(err, kafka.RebalanceInProgress) || ctx.Err() != nil:
@@ -349,25 +352,19 @@ func (g *Generation) KeepAlive(log logrus.FieldLogger) (stop func()) {
 	}
 }
 
-// heartbeat sends one heartbeat to the coordinator at *coord, finding it first when *coord is
-// nil or it moved.
-func (g *Generation) heartbeat(ctx context.Context, coord *net.Addr) error {
-	if *coord == nil {
-		res, err := g.c.kc.FindCoordinator(ctx, &kafka.FindCoordinatorRequest{Key: g.GroupID, KeyType: kafka.CoordinatorKeyTypeConsumer})
-		if err == nil {
-			err = res.Error
-		}
-		if err != nil {
-			return fmt.Errorf("find the group coordinator: %w", err)
-		}
-		*coord = kafka.TCP(net.JoinHostPort(res.Coordinator.Host, strconv.Itoa(res.Coordinator.Port)))
-	}
-	res, err := g.c.kc.Heartbeat(ctx, &kafka.HeartbeatRequest{Addr: *coord, GroupID: g.GroupID, GenerationID: g.ID, MemberID: g.MemberID})
+// heartbeat finds the group's coordinator and sends it one heartbeat.
+func (g *Generation) heartbeat(ctx context.Context) error {
+	res, err := g.c.kc.FindCoordinator(ctx, &kafka.FindCoordinatorRequest{Key: g.GroupID, KeyType: kafka.CoordinatorKeyTypeConsumer})
 	if err == nil {
 		err = res.Error
 	}
-	if err != nil && !errors.Is(err, kafka.RebalanceInProgress) && !generationEnded(err) {
-		*coord = nil // moved, or unreachable: find it again next time
+	if err != nil {
+		return fmt.Errorf("find the group coordinator: %w", err)
+	}
+	coord := kafka.TCP(net.JoinHostPort(res.Coordinator.Host, strconv.Itoa(res.Coordinator.Port)))
+	hb, err := g.c.kc.Heartbeat(ctx, &kafka.HeartbeatRequest{Addr: coord, GroupID: g.GroupID, GenerationID: g.ID, MemberID: g.MemberID})
+	if err == nil {
+		err = hb.Error
 	}
 	return err
 }

@@ -42,9 +42,6 @@ const (
 	produceTimeout = 10 * time.Second
 	// requestTimeout bounds a produce round trip: dial, queueing, the broker's wait.
 	requestTimeout = produceTimeout + 5*time.Second
-	// unknownTopicGrace is how long a partition may answer UNKNOWN_TOPIC_OR_PARTITION (metadata
-	// still spreading after a topic was created) before the topic counts as missing.
-	unknownTopicGrace = 30 * time.Second
 	// routesRefresh is how often the partitions of the written topics are read again from the
 	// metadata cache (a topic that gained partitions).
 	routesRefresh = 10 * time.Second
@@ -110,6 +107,10 @@ type WriterConfig struct {
 	// RetryBackoff is the first pause before a failed request is sent again; it doubles up to
 	// MaxRetryBackoff. Defaults 100ms and 5s.
 	RetryBackoff, MaxRetryBackoff time.Duration
+	// UnknownTopicGrace is how long a partition may be unknown (UNKNOWN_TOPIC_OR_PARTITION, or
+	// absent from the client's metadata: metadata still spreading after a topic was created)
+	// before the topic counts as missing and its records fail with a *PermanentError. Default 30s.
+	UnknownTopicGrace time.Duration
 	// Balancer places records. Default kafka.Hash (FNV-1a of the key, as kafka-go's Writer).
 	Balancer kafka.Balancer
 }
@@ -163,6 +164,9 @@ func (c *Client) NewWriter(ctx context.Context, cfg WriterConfig) (*Writer, erro
 	}
 	if cfg.MaxRetryBackoff <= 0 {
 		cfg.MaxRetryBackoff = 5 * time.Second
+	}
+	if cfg.UnknownTopicGrace <= 0 {
+		cfg.UnknownTopicGrace = 30 * time.Second
 	}
 	if cfg.Balancer == nil {
 		cfg.Balancer = &kafka.Hash{}
@@ -304,7 +308,7 @@ func (w *Writer) send(q *queue, linger time.Duration) {
 			}
 			w.failQueue(q, fmt.Errorf("%w (even when cut to its headers)", err))
 			continue
-		case permanent(err, batch[0].since):
+		case permanent(err, batch[0].since, w.cfg.UnknownTopicGrace):
 			w.log.WithError(err).WithFields(logrus.Fields{"topic": q.tp.Topic, "partition": q.tp.Partition}).Error("kafka write refused; not retrying")
 			w.failQueue(q, err)
 			continue
@@ -397,6 +401,11 @@ func (w *Writer) produce(tp TopicPartition, batch []*pending) error {
 	defer cancel()
 	w.c.metrics.produces.Inc()
 	m, err := w.c.tr.RoundTrip(ctx, w.c.addr, req)
+	if errors.Is(err, protocol.ErrNoTopic) || errors.Is(err, protocol.ErrNoPartition) {
+		// The Transport's metadata has no such partition (the topic was deleted, or is not
+		// known yet): what a broker answers UNKNOWN_TOPIC_OR_PARTITION, and classified alike.
+		return kafka.UnknownTopicOrPartition
+	}
 	if err != nil {
 		return err
 	}
@@ -418,11 +427,11 @@ func refusedRecord(err error) bool {
 
 // permanent reports whether retrying err cannot help: the broker refused the request for a
 // reason that stays (authorization, a missing or invalid topic, a record it will never take, a
-// protocol mismatch). UNKNOWN_TOPIC_OR_PARTITION is retried while a new topic's metadata may
-// still be spreading. Every other error (leader moves, timeouts, connection failures, not
-// enough replicas, errors the broker does not explain) is retried with backoff: a processor
-// that stops on them would redo more than one that waits.
-func permanent(err error, since time.Time) bool {
+// protocol mismatch). UNKNOWN_TOPIC_OR_PARTITION is retried for unknownTopicGrace, while a new
+// topic's metadata may still be spreading. Every other error (leader moves, timeouts,
+// connection failures, not enough replicas, errors the broker does not explain) is retried with
+// backoff: a processor that stops on them would redo more than one that waits.
+func permanent(err error, since time.Time, unknownTopicGrace time.Duration) bool {
 	var kerr kafka.Error
 	if !errors.As(err, &kerr) {
 		return false

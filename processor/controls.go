@@ -37,14 +37,15 @@ func hasControls(r *rules.Rule) bool {
 func hasStateful(r *rules.Rule) bool { return r.Dedupe != nil || r.Throttle != nil }
 
 // gate applies expire_after and quiet_hours to one notification of ev. It reports whether it
-// handled the notification: an outcome (expired, skipped) or a delayed record was published for
-// it. Processing time is the processor's clock when the event is evaluated.
+// handled the notification: an outcome (expired, skipped, published from the Kafka key's lane)
+// or a delayed record was published for it. Processing time is the processor's clock
+// when the event is evaluated.
 func (p *Processor) gate(ev *event, note *rules.Notification) bool {
 	r := note.Rule
 	now := p.cfg.Now()
 	if r.ExpireAfter > 0 && !ev.time.IsZero() {
 		if age := now.Sub(ev.time); age > r.ExpireAfter {
-			p.emit(ev, note, StatusExpired, wechat.Result{
+			p.emitInLane(ev, note, StatusExpired, wechat.Result{
 				ErrMsg: fmt.Sprintf("expired: event is %s old, expire_after %s", formatAge(age), formatDuration(r.ExpireAfter)),
 			})
 			return true
@@ -59,7 +60,7 @@ func (p *Processor) gate(ev *event, note *rules.Notification) bool {
 		if q.Action == rules.QuietDelay {
 			why += " (action delay, but the processor has no delay topic)"
 		}
-		p.emit(ev, note, StatusSkipped, wechat.Result{ErrMsg: why})
+		p.emitInLane(ev, note, StatusSkipped, wechat.Result{ErrMsg: why})
 		return true
 	}
 	return false

@@ -82,7 +82,7 @@ func (p *Processor) handle(pt *partition, rec *kafkaio.Message) {
 		switch {
 		case note.WhenErr:
 		case note.Err != nil:
-			p.emit(ev, note, StatusRejected, wechat.Result{ErrMsg: note.Err.Error()})
+			p.emitInLane(ev, note, StatusRejected, wechat.Result{ErrMsg: note.Err.Error()})
 		case hasControls(note.Rule) && p.gate(ev, note):
 			// Notification controls (controls.go): expired, skipped or delayed.
 		default:
@@ -94,22 +94,20 @@ func (p *Processor) handle(pt *partition, rec *kafkaio.Message) {
 	ev.rec.Value, ev.rec.Headers = nil, nil
 }
 
-// dispatch starts a notification that passed the controls decided at evaluation: a dry run is
-// finished at once unless dedupe or throttle must decide it in order; anything else becomes a
-// task in three lanes, all through the rule's account and API, so that an API held through an
-// outage (hold.go) does not stop another: the Kafka key's (notifications of one key are sent in
-// offset order), the recipient's (one send at a time per user: WeChat answers 43108 to
-// concurrent subscribe sends) and, with dedupe, the dedupe key's.
+// dispatch starts a notification that passed the controls decided at evaluation: a dry run
+// needs no lane but the Kafka key's (its outcome's order) unless dedupe or throttle must decide it
+// in order; anything else becomes a task in three lanes, all through the rule's account and API,
+// so that an API held through an outage (hold.go) does not stop another: the Kafka key's
+// (notifications of one key are sent, and their outcomes published, in offset order), the
+// recipient's (one send at a time per user: WeChat answers 43108 to concurrent subscribe sends)
+// and, with dedupe, the dedupe key's.
 func (p *Processor) dispatch(ev *event, note *rules.Notification, dry bool) {
 	stateful := hasStateful(note.Rule)
 	if dry && !stateful {
-		p.emit(ev, note, StatusDryRun, wechat.Result{})
+		p.emitInLane(ev, note, StatusDryRun, wechat.Result{})
 		return
 	}
-	laneKey := ""
-	if len(ev.rec.Key) > 0 && ev.delayed == nil {
-		laneKey = "k\x00" + note.Rule.Account + "\x00" + note.Rule.API + "\x00" + ev.pt.topic + "\x00" + strconv.Itoa(ev.pt.id) + "\x00" + string(ev.rec.Key)
-	}
+	laneKey := p.keyLane(ev, note)
 	userKey := "u\x00" + note.Rule.Account + "\x00" + note.Rule.API + "\x00" + note.ToUser
 	dedupeKey := ""
 	if note.Rule.Dedupe != nil {
@@ -143,10 +141,12 @@ func (j *sendJob) runTask(*task) { j.run() }
 
 func (j *sendJob) gateKey() gateKey { return gateKey{j.note.Rule.Account, j.note.Rule.API} }
 
-// end releases the job's lanes and reports its outcome.
+// end reports the job's outcome and then releases its lanes: the outcome is published (queued,
+// not acknowledged) before the key's next notification may run, so that the outcomes of one
+// Kafka key are published in their events' order.
 func (j *sendJob) end(status string, res wechat.Result) {
-	j.p.sched.done(&j.task)
 	j.p.emit(j.ev, &j.note, status, res)
+	j.p.sched.done(&j.task)
 }
 
 // abandon releases the job's lanes and gives its notification up unfinished: the event is not
@@ -156,8 +156,9 @@ func (j *sendJob) abandon() {
 	j.ev.acked(errAbandoned)
 }
 
-// run makes the WeChat call for one notification; it holds the notification's lanes only for
-// the call, not for the outcome write. While its (account, API) is held it parks instead.
+// run makes the WeChat call for one notification. It holds the notification's lanes for the call
+// and until the outcome is published (see end). While its (account, API) is held it parks
+// instead.
 func (j *sendJob) run() {
 	p, ev, note := j.p, j.ev, &j.note
 	if !j.dry && !p.holds.admit(j) {
@@ -203,8 +204,8 @@ func (j *sendJob) run() {
 	}
 	p.holds.answered(j)
 	if res.ErrCode == wxapi.ErrDailyQuota && note.Rule.OnDailyQuota == rules.DailyQuotaDelay && p.cfg.DelayTopic != "" {
-		p.sched.done(&j.task)
 		p.delayForQuota(ev, note, res)
+		p.sched.done(&j.task)
 		return
 	}
 	status := StatusSent
@@ -217,6 +218,31 @@ func (j *sendJob) run() {
 		}).Warn("notification failed")
 	}
 	j.end(status, res)
+}
+
+// keyLane is the scheduler lane of ev's Kafka key through note's account and API ("" for an
+// event without a key, or a delayed record: they have no order to keep).
+func (p *Processor) keyLane(ev *event, note *rules.Notification) string {
+	if len(ev.rec.Key) == 0 || ev.delayed != nil {
+		return ""
+	}
+	return "k\x00" + note.Rule.Account + "\x00" + note.Rule.API + "\x00" + ev.pt.topic + "\x00" + strconv.Itoa(ev.pt.id) + "\x00" + string(ev.rec.Key)
+}
+
+// emitInLane publishes an outcome decided without a send (rejected, expired, skipped, a dry run)
+// from the event's key lane, after the outcomes of the key's earlier events, as a send's outcome
+// is. An event without a key has no order to keep.
+func (p *Processor) emitInLane(ev *event, note *rules.Notification, status string, res wechat.Result) {
+	laneKey := p.keyLane(ev, note)
+	if laneKey == "" {
+		p.emit(ev, note, status, res)
+		return
+	}
+	n := *note // the caller's buffer is reused for the next event
+	p.sched.submit(newTask(func(t *task) {
+		p.emit(ev, &n, status, res)
+		p.sched.done(t)
+	}, laneKey))
 }
 
 // emit publishes the outcome of one notification.

@@ -2,10 +2,7 @@ package app
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"net"
-	"strings"
 	"testing"
 	"time"
 
@@ -16,9 +13,9 @@ import (
 	"github.com/wxnotify/wxnotify/sink/wechatsim"
 )
 
-// The events fetcher (processor/fetch.go) through the whole pipeline: what it must keep under
-// leader moves, a log truncated under the committed offset and transaction markers, and the
-// batching it exists for.
+// The events fetcher (kafkaio/fetch.go) through the whole pipeline: what it must keep under
+// leader moves and transaction markers, and the batching it exists for. Offsets outside the
+// log and broker restarts are in the fault matrix (faults_test.go).
 
 // Partition leaders move between three brokers while events are consumed: fetches for the
 // moved partitions fail with NOT_LEADER, the fetcher groups the partitions by their new
@@ -38,44 +35,6 @@ func TestLeaderMovesWhileConsuming(t *testing.T) {
 	wantOneOutcomeEach(t, h.outcomeCounts(2*len(all), 60*time.Second), all)
 	if d := len(h.sim.Deliveries()); d != 2*len(all) {
 		t.Errorf("simulator delivered %d messages, want %d", d, 2*len(all))
-	}
-}
-
-// Retention removed records below the group's committed offset while the processor was down:
-// the fetch is refused as out of range, the processor resumes at the log start with a warning,
-// and the records still in the log are processed once.
-func TestCommittedOffsetBelowLogStartResumesAtLogStart(t *testing.T) {
-	h := newHarness(t, wechatsim.Config{})
-	first := orderEvents("old-", 20)
-	h.produce("events", first...)
-	r := h.start()
-	h.outcomes(2*len(first), 30*time.Second)
-	waitFor(t, 10*time.Second, "commit of the first events", func() bool {
-		ends, committed := h.endOffsets("events"), h.committed()
-		for p, end := range ends {
-			if committed[p] != end {
-				return false
-			}
-		}
-		return true
-	})
-	h.stop(r)
-
-	lost := orderEvents("lost-", 20) // removed by "retention" before anyone reads them
-	h.produce("events", lost...)
-	for p, end := range h.endOffsets("events") {
-		if err := h.cluster.DeleteRecords("events", int32(p), end); err != nil {
-			t.Fatal(err)
-		}
-	}
-	kept := orderEvents("kept-", 20)
-	h.produce("events", kept...)
-
-	h.start()
-	outs := h.outcomeCounts(2*(len(first)+len(kept)), 30*time.Second)
-	wantOneOutcomeEach(t, outs, append(first, kept...))
-	if !strings.Contains(h.logBuf.String(), "outside its log") {
-		t.Errorf("no warning about the offset outside the log; log:\n%s", h.logBuf.String())
 	}
 }
 
@@ -166,51 +125,4 @@ func TestFetchesAreBatchedAtSteadyRate(t *testing.T) {
 	if fetches > float64(len(msgs))/4 {
 		t.Errorf("%.0f fetches for %d events written one at a time: want at most one fetch per four events", fetches, len(msgs))
 	}
-}
-
-// The broker restarts while events are being sent: the fetcher and the outcome writer retry
-// through the outage, and no notification is left without an outcome.
-func TestBrokerRestartMidStream(t *testing.T) {
-	ln := newLocalListener(t)
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	h := newHarness(t, wechatsim.Config{Latency: 5 * time.Millisecond}, kfake.Ports(port), kfake.DataDir(t.TempDir()))
-	r := h.start()
-	defer h.stop(r)
-	msgs := orderEvents("br-", 300)
-	h.produce("events", msgs...)
-	waitFor(t, 20*time.Second, "sends under way", func() bool { return len(h.sim.Deliveries()) >= 100 })
-	h.restartBroker(2 * time.Second)
-	more := orderEvents("br2-", 100)
-	h.produce("events", more...)
-	all := append(msgs, more...)
-
-	outs := h.outcomeCounts(2*len(all), 60*time.Second)
-	dups := 0
-	for _, m := range all {
-		var e struct {
-			ID string `json:"event_id"`
-		}
-		_ = json.Unmarshal(m.Value, &e)
-		for _, rule := range []string{"order-paid", "order-paid-subscribe"} {
-			switch n := outs[e.ID+"/"+rule]; {
-			case n == 0:
-				t.Errorf("%s/%s has no outcome", e.ID, rule)
-			case n > 1:
-				dups += n - 1
-			}
-		}
-	}
-	// Every redone notification was sent again and has its own outcome: no send without one.
-	if d := len(h.sim.Deliveries()); d != 2*len(all)+dups {
-		t.Errorf("simulator delivered %d messages for %d notifications and %d duplicate outcomes", d, 2*len(all), dups)
-	}
-	// Redone work: kafka-go's generation connection stays broken after the restart, so commits
-	// fail until the generation ends and what was finished meanwhile is redone (measured: 584-600
-	// of these 800 notifications). Bounded here only by the stream, not by the in-flight budget
-	// the README promises for crashes: that is the reliability work's to fix and measure.
-	if dups > 2*len(all) {
-		t.Errorf("%d duplicate outcomes for %d notifications", dups, 2*len(all))
-	}
-	t.Logf("%d notifications, %d duplicate outcomes", 2*len(all), dups)
 }
