@@ -74,7 +74,8 @@ func (m *metrics) notified(rule, api, status, class string) {
 // start are therefore created at 0: from the config (topics), from the rule set (rules, their
 // APIs and accounts, again for each set a reload installs) and from fixed lists (reasons,
 // controls, statuses, classes). Only small sets are multiplied: rules x 6 statuses, the
-// rules' (account, API) pairs, and 4 APIs x the 10 (status, class) pairs an outcome can have.
+// rules' (account, API) pairs, and 4 APIs x the 10 (status, class) pairs an outcome can have:
+// about 10 series per rule plus 50.
 // Series of a rule that a reload removed stay (they stop growing), as any counter would.
 
 var (
@@ -124,9 +125,9 @@ func (m *metrics) prepareRules(set *rules.Set) {
 			m.notifications.WithLabelValues(r.Name, r.API, st)
 		}
 		m.ruleErrors.WithLabelValues(r.Name)
-		if (r.QuietHours != nil && r.QuietHours.Action == rules.QuietDelay) || r.OnDailyQuota == rules.DailyQuotaDelay {
-			m.delayed.WithLabelValues(r.Name, r.API)
-		}
+		// Every rule, not only those with quiet_hours or on_daily_quota delay: the series is one
+		// per rule, and a panel or alert over delays then sees the rules from the start.
+		m.delayed.WithLabelValues(r.Name, r.API)
 		m.wechatHeld.WithLabelValues(r.Account, r.API)
 	}
 }
