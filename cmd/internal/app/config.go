@@ -46,7 +46,7 @@ type KafkaConfig struct {
 	RebalanceTimeout  time.Duration `yaml:"rebalance_timeout"`  // default 30s
 	// FetchLinger and ProduceLinger trade latency for CPU: how long the broker may gather events
 	// for a fetch while events keep arriving, and how long outcome records wait to share a
-	// produce request. Defaults 4ms and 0s (chosen with wxbench: see README, Performance); 0s
+	// produce request. Defaults 4ms and 0s (chosen with wxbench: see cmd/wxbench/README.md); 0s
 	// turns them off. Neither affects correctness or commits.
 	FetchLinger   *time.Duration  `yaml:"fetch_linger"`
 	ProduceLinger *time.Duration  `yaml:"produce_linger"`
