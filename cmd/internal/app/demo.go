@@ -63,6 +63,8 @@ func Demo(ctx context.Context, o DemoOptions) error {
 		o.Log = logrus.New()
 		o.Log.SetLevel(logrus.ErrorLevel)
 	}
+	// With Keep, outcome lines and reload notices are printed from two goroutines.
+	o.Out = &lockedWriter{w: o.Out}
 
 	// Rules and samples, from the files shipped in configs/ (or the caller's rules).
 	set, err := demoRules(o.RulesPath)
@@ -163,9 +165,7 @@ func Demo(ctx context.Context, o DemoOptions) error {
 	}
 	fmt.Fprintf(o.Out, "wrote %d sample events to %q; waiting for %d outcomes\n\n", len(samples), demoEventsTopic, expected)
 
-	// Fixed widths, not a tabwriter: each line is printed the moment its outcome lands.
-	const row = "%-10s  %-22s  %-22s  %-8s  %7v  %8s  %s\n"
-	fmt.Fprintf(o.Out, row, "EVENT", "RULE", "API", "STATUS", "ERRCODE", "LATENCY", "DETAIL")
+	fmt.Fprintf(o.Out, demoRow, "EVENT", "RULE", "API", "STATUS", "ERRCODE", "LATENCY", "DETAIL")
 	got := map[string]int{}
 	byAPI := map[string]map[string]int{}
 	seen := 0
@@ -180,11 +180,7 @@ wait:
 				byAPI[oc.API] = map[string]int{}
 			}
 			byAPI[oc.API][oc.Status]++
-			detail := oc.ErrMsg
-			if oc.MsgID != 0 {
-				detail = fmt.Sprintf("msgid=%d", oc.MsgID)
-			}
-			fmt.Fprintf(o.Out, row, oc.EventID, oc.Rule, oc.API, oc.Status, oc.ErrCode, fmt.Sprintf("%.1fms", oc.LatencyMS), truncateRunes(detail, 70))
+			printOutcome(o.Out, oc)
 		case err := <-runErr:
 			return fmt.Errorf("processor stopped early: %w", err)
 		case <-timeout:
@@ -216,7 +212,7 @@ wait:
 		fmt.Fprintf(o.Out, "  kcat -b %s -t %s -C -o beginning\n", broker, cfg.Kafka.OutcomesTopic)
 		go func() {
 			for oc := range outcomes {
-				fmt.Fprintf(o.Out, row, oc.EventID, oc.Rule, oc.API, oc.Status, oc.ErrCode, fmt.Sprintf("%.1fms", oc.LatencyMS), truncateRunes(oc.ErrMsg, 70))
+				printOutcome(o.Out, oc)
 			}
 		}()
 	keep:
@@ -239,7 +235,31 @@ wait:
 		result = fmt.Errorf("processor: %w", err)
 	}
 	readers.Wait()
+	close(outcomes) // ends the printer of -keep
 	return result
+}
+
+// demoRow has fixed widths, not a tabwriter's: each line is printed the moment its outcome lands.
+const demoRow = "%-10s  %-22s  %-22s  %-8s  %7v  %8s  %s\n"
+
+func printOutcome(w io.Writer, oc processor.Outcome) {
+	detail := oc.ErrMsg
+	if oc.MsgID != 0 {
+		detail = fmt.Sprintf("msgid=%d", oc.MsgID)
+	}
+	fmt.Fprintf(w, demoRow, oc.EventID, oc.Rule, oc.API, oc.Status, oc.ErrCode, fmt.Sprintf("%.1fms", oc.LatencyMS), truncateRunes(detail, 70))
+}
+
+// lockedWriter serializes writes to w.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 // demoRules loads the rules the demo runs: the shipped ones, or those at path with the demo's
