@@ -150,4 +150,12 @@ func TestDashboard(t *testing.T) {
 	if queries < 30 {
 		t.Errorf("%d queries: the dashboard lost panels", queries)
 	}
+	// Outcomes by status and class (issue 13): wxnotify_outcomes_total carries the class.
+	found := false
+	for _, q := range dashboardQueries(t) {
+		found = found || strings.Contains(q, "sum by (status, class) (rate(wxnotify_outcomes_total{")
+	}
+	if !found {
+		t.Error("no panel shows outcomes by status and class (wxnotify_outcomes_total)")
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -24,8 +25,9 @@ import (
 // sample events, and a Prometheus server from Debian's package that scrapes it every second
 // and evaluates deploy/prometheus's rules.
 type liveStack struct {
-	scrape  map[string]bool // series names of the demo's /metrics
-	promURL string
+	scrape     map[string]bool // series names of the demo's /metrics
+	scrapeBody []byte          // the demo's /metrics, as scraped
+	promURL    string
 }
 
 var (
@@ -111,7 +113,7 @@ scrape_configs:
 	}); err != nil {
 		return nil, fmt.Sprintf("prometheus scraping the demo: %v\n%s", err, promOut)
 	}
-	return &liveStack{scrape: scrape, promURL: promURL}, ""
+	return &liveStack{scrape: scrape, scrapeBody: body, promURL: promURL}, ""
 }
 
 // seriesNames returns the names of the series in a text exposition, histograms and summaries
@@ -224,6 +226,39 @@ func TestLive(t *testing.T) {
 		}
 		if len(missing) > 0 {
 			t.Errorf("%d metric names the deploy files use are not in the demo's /metrics:\n%s", len(missing), strings.Join(missing, "\n"))
+		}
+	})
+
+	// Prometheus's own linter of expositions: names, units, suffixes, help texts.
+	t.Run("promtool check metrics finds nothing in the live scrape", func(t *testing.T) {
+		cmd := exec.Command(requireTool(t, "promtool"), "check", "metrics")
+		cmd.Stdin = bytes.NewReader(s.scrapeBody)
+		if out, err := cmd.CombinedOutput(); err != nil || len(bytes.TrimSpace(out)) > 0 {
+			t.Errorf("promtool check metrics: %v\n%s", err, out)
+		}
+	})
+
+	// Alerts rate over counters: the series of the label values known at start exist before
+	// anything happens to them (issue 13, item 3), here where nothing went wrong in the demo.
+	t.Run("counters the alerts and panels rate over exist at 0 before their first event", func(t *testing.T) {
+		for _, want := range []string{
+			`wxnotify_events_dead_lettered_total{reason="invalid_utf8"} 0`,
+			`wxnotify_events_dead_lettered_total{reason="undecodable"} 0`,
+			`wxnotify_rule_when_errors_total{rule="order-paid"} 0`,
+			`wxnotify_notifications_total{api="subscribeMessage.send",rule="order-paid-subscribe",status="expired"} 0`,
+			`wxnotify_control_keys_evicted_total{control="dedupe"} 0`,
+			`wxnotify_wechat_retries_total{api="template.send",class="transient"} 0`,
+			`wxnotify_quota_trips_total{account="mp",api="template.send",kind="daily"} 0`,
+			`wxnotify_wechat_held{account="weapp",api="subscribeMessage.send"} 0`,
+			`wxnotify_kafka_write_failures_total{topic="wxnotify.outcomes"} 0`,
+			`wxnotify_outcomes_total{api="template.send",class="transient",status="failed"} 0`,
+		} {
+			if !bytes.Contains(s.scrapeBody, []byte(want+"\n")) {
+				t.Errorf("the live scrape lacks %s", want)
+			}
+		}
+		if !regexp.MustCompile(`(?m)^wxnotify_build_info\{goversion="go[^"]+",revision="[^"]+",version="[^"]+"\} 1$`).Match(s.scrapeBody) {
+			t.Error("the live scrape lacks wxnotify_build_info{goversion,revision,version} 1")
 		}
 	})
 

@@ -278,7 +278,7 @@ func (p *Processor) emit(ev *event, note *rules.Notification, status string, res
 		p.warn.WithFields(logrus.Fields{"event_id": ev.id, "rule": note.Rule.Name, "reason": res.ErrMsg,
 			"topic": ev.pt.topic, "partition": ev.pt.id, "offset": ev.rec.Offset}).Warn("notification rejected")
 	}
-	p.metrics.notified(note.Rule.Name, note.Rule.API, status)
+	p.metrics.notified(note.Rule.Name, note.Rule.API, status, string(res.Class))
 	value, err := o.appendJSON(make([]byte, 0, o.encodedLen()))
 	if err != nil { // cannot happen for this struct; keep the event unfinished rather than lose it
 		p.log.WithError(err).WithField("event_id", ev.id).Error("encoding outcome")

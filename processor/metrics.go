@@ -5,6 +5,10 @@ import (
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wxnotify/wxnotify/rules"
+	"github.com/wxnotify/wxnotify/sink/wechat"
+	"github.com/wxnotify/wxnotify/sink/wxapi"
 )
 
 type metrics struct {
@@ -29,24 +33,103 @@ type metrics struct {
 	notificationsHeld prometheus.Gauge
 	heldEvents        prometheus.Gauge
 
-	// notificationCounters caches notifications' children by notificationLabels: an outcome
-	// is counted for every notification, and WithLabelValues hashes and validates its labels
-	// under a lock each time. Rule names and APIs are few, so it stays small.
+	// outcomes counts the same outcomes as notifications, by API, status and class.
+	outcomes *prometheus.CounterVec
+
+	// notificationCounters caches the children of notifications and outcomes by
+	// notificationLabels: an outcome is counted for every notification, and WithLabelValues
+	// hashes and validates its labels under a lock each time. Rule names, APIs, statuses and
+	// classes are few, so it stays small.
 	notificationCounters sync.Map
 }
 
-type notificationLabels struct{ rule, api, status string }
+type notificationLabels struct{ rule, api, status, class string }
 
-// notified counts one outcome of the rule's notification.
-func (m *metrics) notified(rule, api, status string) {
-	k := notificationLabels{rule, api, status}
+type notificationCounters struct{ byRule, byClass prometheus.Counter }
+
+// classNone is the class label of an outcome for which no WeChat call was made.
+const classNone = "none"
+
+// notified counts one outcome of the rule's notification; class is the WeChat answer's class,
+// "" when no call was made.
+func (m *metrics) notified(rule, api, status, class string) {
+	k := notificationLabels{rule, api, status, class}
 	if c, ok := m.notificationCounters.Load(k); ok {
-		c.(prometheus.Counter).Inc()
+		c := c.(notificationCounters)
+		c.byRule.Inc()
+		c.byClass.Inc()
 		return
 	}
-	c := m.notifications.WithLabelValues(rule, api, status)
+	if class == "" {
+		class = classNone
+	}
+	c := notificationCounters{m.notifications.WithLabelValues(rule, api, status), m.outcomes.WithLabelValues(api, status, class)}
 	m.notificationCounters.Store(k, c)
-	c.Inc()
+	c.byRule.Inc()
+	c.byClass.Inc()
+}
+
+// Pre-created series. Counters with labels appear only at their first increment, so an alert
+// on their rate, or a dashboard panel, would see nothing until then; the label values known at
+// start are therefore created at 0: from the config (topics), from the rule set (rules, their
+// APIs and accounts, again for each set a reload installs) and from fixed lists (reasons,
+// controls, statuses, classes). Only small sets are multiplied: rules x 6 statuses, the
+// rules' (account, API) pairs, and 4 APIs x the 10 (status, class) pairs an outcome can have:
+// about 10 series per rule plus 50.
+// Series of a rule that a reload removed stay (they stop growing), as any counter would.
+
+var (
+	deadLetterReasons = []string{"undecodable", "invalid_utf8"}
+	controlNames      = []string{"dedupe", "throttle"}
+	allStatuses       = []string{StatusSent, StatusFailed, StatusRejected, StatusDryRun, StatusSkipped, StatusExpired}
+	// outcomeClasses are the (status, class) pairs of outcomes: sent after an ok answer,
+	// failed after any other answer class, the rest without a call (the rare expired-after-
+	// 45009 of on_daily_quota: delay appears when it happens).
+	outcomeClasses = [][2]string{
+		{StatusSent, string(wechat.ClassOK)},
+		{StatusFailed, string(wechat.ClassTransient)}, {StatusFailed, string(wechat.ClassToken)},
+		{StatusFailed, string(wechat.ClassQuota)}, {StatusFailed, string(wechat.ClassPermanent)},
+		{StatusFailed, string(wechat.ClassConfig)},
+		{StatusRejected, classNone}, {StatusDryRun, classNone}, {StatusSkipped, classNone}, {StatusExpired, classNone},
+	}
+)
+
+// prepare creates the series known from the config.
+func (m *metrics) prepare(cfg Config) {
+	for _, t := range cfg.Topics {
+		m.consumed.WithLabelValues(t)
+	}
+	if cfg.DelayTopic != "" {
+		m.consumed.WithLabelValues(cfg.DelayTopic)
+	}
+	for _, r := range deadLetterReasons {
+		m.deadLettered.WithLabelValues(r)
+	}
+	for _, c := range controlNames {
+		m.controlEvicted.WithLabelValues(c)
+	}
+	for _, api := range wxapi.Names() {
+		for _, sc := range outcomeClasses {
+			m.outcomes.WithLabelValues(api, sc[0], sc[1])
+		}
+	}
+}
+
+// prepareRules creates the series of set's rules.
+func (m *metrics) prepareRules(set *rules.Set) {
+	if set == nil {
+		return
+	}
+	for _, r := range set.Rules {
+		for _, st := range allStatuses {
+			m.notifications.WithLabelValues(r.Name, r.API, st)
+		}
+		m.ruleErrors.WithLabelValues(r.Name)
+		// Every rule, not only those with quiet_hours or on_daily_quota delay: the series is one
+		// per rule, and a panel or alert over delays then sees the rules from the start.
+		m.delayed.WithLabelValues(r.Name, r.API)
+		m.wechatHeld.WithLabelValues(r.Account, r.API)
+	}
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -106,6 +189,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		heldEvents: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "wxnotify_held_events", Help: "Events counted in the held budget (processor.max_held) instead of the in-flight budget.",
 		}),
+		outcomes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wxnotify_outcomes_total",
+			Help: "Outcomes by api, status and the class of WeChat's final answer (none: no call was made); the outcomes of wxnotify_notifications_total, by class instead of rule.",
+		}, []string{"api", "status", "class"}),
 		controlEvicted: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wxnotify_control_keys_evicted_total",
 			Help: "Dedupe or throttle keys forgotten before their window ended because a rule's state reached processor.control_max_keys.",
@@ -114,7 +201,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.consumed, m.unmatched, m.deadLettered, m.notifications, m.ruleErrors,
 			m.inFlight, m.lag, m.lastCommit, m.commitErrors, m.assigned, m.rebalances, m.eventSeconds,
-			m.delayed, m.delayedHeld, m.controlEvicted, m.wechatHeld, m.notificationsHeld, m.heldEvents} {
+			m.delayed, m.delayedHeld, m.controlEvicted, m.wechatHeld, m.notificationsHeld, m.heldEvents, m.outcomes} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register processor metrics: %w", err)
 			}

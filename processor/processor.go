@@ -214,8 +214,16 @@ func New(cfg Config, rs RuleSource, sender Sender, pub Publisher, kc Consumer, r
 		fatal:       func(error) {},
 	}
 	p.holds = newHolds(p)
+	m.prepare(cfg)
+	m.prepareRules(rs.Current())
 	return p, nil
 }
+
+// RulesChanged creates the metric series of set's rules at 0 (notifications by status, `when`
+// errors, delays, held account and API), so that alerts and dashboards see a rule before its
+// first event. Call it when a reload installs a new set in the RuleSource; New does it for the
+// set current then.
+func (p *Processor) RulesChanged(set *rules.Set) { p.metrics.prepareRules(set) }
 
 // Joined reports whether the processor currently holds a consumer group generation.
 func (p *Processor) Joined() bool { return p.joined.Load() }

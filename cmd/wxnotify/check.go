@@ -18,13 +18,18 @@ import (
 	"github.com/wxnotify/wxnotify/rules"
 )
 
-const checkUsage = `usage: wxnotify check -config FILE [-rules PATH]
+const checkUsage = `usage: wxnotify check -config FILE [-rules PATH] [-strict]
        wxnotify check -rules PATH
 
 Loads the config and every rule file, compiles and type-checks every expression, and prints
 every problem as file:line:col: rule "name": field: message. With -config the rules' accounts
 are checked against wechat.accounts and rules.zone applies; with -rules alone accounts are not
 checked. -rules with -config overrides rules.path. No network, no token.
+
+The secrets need not be there: environment variables the config names that are unset, and
+secret or certificate files that do not exist, are listed as what "wxnotify run" will need,
+and the rest is checked as run checks it. -strict makes each of them a problem (for a check
+where run will run).
 
 Exit status: 0 no problems, 1 problems, 2 usage.
 
@@ -36,6 +41,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	fs.Usage = func() { fmt.Fprint(stderr, checkUsage); fs.PrintDefaults() }
 	var src ruleSource
 	src.flags(fs)
+	strict := fs.Bool("strict", false, "unset environment variables and missing secret files the config names are problems")
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
 	}
@@ -44,18 +50,35 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return 2
 	}
-	set, problems := src.load()
+	set, needs, problems := src.load()
+	for i := range needs {
+		needs[i].File = relPath(needs[i].File)
+	}
+	if *strict {
+		for _, n := range needs {
+			problems = append(problems, relPath(src.config)+": "+n.String())
+		}
+		needs = nil
+	}
 	for _, p := range problems {
 		fmt.Fprintln(stdout, p)
+	}
+	if set != nil && len(problems) == 0 {
+		accounts := "accounts not checked"
+		if src.config != "" {
+			accounts = "accounts checked against " + relPath(src.config)
+		}
+		fmt.Fprintf(stdout, "ok: %d rules in %d files, version %s (%s)\n", len(set.Rules), len(set.Files), set.Version, accounts)
+	}
+	if len(needs) > 0 {
+		fmt.Fprintln(stdout, "wxnotify run will need what is not here (-strict makes these problems):")
+		for _, n := range needs {
+			fmt.Fprintln(stdout, "  "+n.String())
+		}
 	}
 	if set == nil || len(problems) > 0 {
 		return 1
 	}
-	accounts := "accounts not checked"
-	if src.config != "" {
-		accounts = "accounts checked against " + relPath(src.config)
-	}
-	fmt.Fprintf(stdout, "ok: %d rules in %d files, version %s (%s)\n", len(set.Rules), len(set.Files), set.Version, accounts)
 	return 0
 }
 
@@ -86,13 +109,17 @@ func (s *ruleSource) flags(fs *flag.FlagSet) {
 	fs.StringVar(&s.rules, "rules", "", "rule file or directory of rule files (`path`); overrides the config's rules.path")
 }
 
-// load loads the config (if any) and the rules, and returns every problem with both, formatted
-// one per line. The set is nil when the rules did not load.
-func (s ruleSource) load() (*rules.Set, []string) {
+// load loads the config (if any) and the rules, and returns what the config needs that is not
+// here (app.LoadConfigForCheck) and every problem with both, formatted one per line. The set is
+// nil when the rules did not load.
+func (s ruleSource) load() (*rules.Set, []app.Need, []string) {
 	var problems []string
+	var needs []app.Need
 	path, opts := s.rules, rules.Options{}
 	if s.config != "" {
-		cfg, err := app.LoadConfig(s.config)
+		var cfg *app.Config
+		var err error
+		cfg, needs, err = app.LoadConfigForCheck(s.config)
 		if err == nil {
 			opts.Accounts = accountNames(cfg)
 			opts.Zone, err = time.LoadLocation(cfg.Rules.Zone)
@@ -105,9 +132,8 @@ func (s ruleSource) load() (*rules.Set, []string) {
 		} else {
 			cp := configProblems(s.config, err)
 			problems = append(problems, cp...)
-			// An invalid config (often only unset secrets, as in CI) should not hide the rules'
-			// own problems: find the rules the way LoadConfig would and check them anyway,
-			// unless the problem is the rules path itself.
+			// An invalid config should not hide the rules' own problems: find the rules the way
+			// LoadConfig would and check them anyway, unless the problem is the rules path itself.
 			p, accounts, zone := rulesOfInvalidConfig(s.config)
 			if path == "" && !slices.ContainsFunc(cp, func(l string) bool { return strings.Contains(l, ": rules.path: ") }) {
 				path = p
@@ -116,7 +142,7 @@ func (s ruleSource) load() (*rules.Set, []string) {
 		}
 	}
 	if path == "" {
-		return nil, problems
+		return nil, needs, problems
 	}
 	// Relative, so file names in problems (including "first defined at ...") and in
 	// Rule.File read the same on every machine.
@@ -124,15 +150,15 @@ func (s ruleSource) load() (*rules.Set, []string) {
 	if err != nil {
 		var le *rules.LoadError
 		if !errors.As(err, &le) {
-			return nil, append(problems, err.Error())
+			return nil, needs, append(problems, err.Error())
 		}
 		for _, p := range le.Problems {
 			p.File = relPath(p.File)
 			problems = append(problems, p.String())
 		}
-		return nil, problems
+		return nil, needs, problems
 	}
-	return set, problems
+	return set, needs, problems
 }
 
 func accountNames(cfg *app.Config) []string {
@@ -146,10 +172,9 @@ func accountNames(cfg *app.Config) []string {
 
 var configLineRE = regexp.MustCompile(`^line (\d+): (.*)$`)
 
-// configProblems splits app.LoadConfig's error into one `file: key: message` line per problem.
-// LoadConfig joins Validate's problems with newlines after a "file: " prefix, wraps YAML
-// errors as "parse: yaml: unmarshal errors:" with one "line N: ..." per problem, and appends
-// the unset environment variables to the last line.
+// configProblems splits app.LoadConfigForCheck's error into one `file: key: message` line per
+// problem. It joins Validate's problems with newlines after a "file: " prefix, and wraps YAML
+// errors as "parse: yaml: unmarshal errors:" with one "line N: ..." per problem.
 func configProblems(path string, err error) []string {
 	name := relPath(path)
 	msg, ok := strings.CutPrefix(err.Error(), path+": ")
@@ -157,10 +182,6 @@ func configProblems(path string, err error) []string {
 		return []string{err.Error()}
 	}
 	msg = strings.TrimPrefix(msg, "parse: yaml: unmarshal errors:\n")
-	var env string
-	if i := strings.LastIndex(msg, " (environment variables not set: "); i >= 0 && strings.HasSuffix(msg, ")") {
-		env, msg = msg[i+2:len(msg)-1], msg[:i]
-	}
 	var out []string
 	for _, l := range strings.Split(msg, "\n") {
 		l = strings.TrimSpace(l)
@@ -169,9 +190,6 @@ func configProblems(path string, err error) []string {
 		} else if l != "" {
 			out = append(out, name+": "+l)
 		}
-	}
-	if env != "" {
-		out = append(out, name+": "+env)
 	}
 	return out
 }

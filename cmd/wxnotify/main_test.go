@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -57,6 +58,21 @@ func TestCheckReportsConfigAndRuleProblems(t *testing.T) {
 		t.Errorf("exit %d, want 1", code)
 	}
 	golden(t, "badconfig.golden", out)
+}
+
+// check -config needs no secrets: it lists what run will need (unset variables, with the keys
+// that name them, and secret files that are not there) and exits 0; -strict makes them problems.
+func TestCheckListsWhatRunWillNeed(t *testing.T) {
+	code, out, errOut := wxnotify(t, "check", "-config", "testdata/needs.yaml")
+	if code != 0 || errOut != "" {
+		t.Errorf("exit %d, stderr %q; want 0 and nothing", code, errOut)
+	}
+	golden(t, "needs.golden", regexp.MustCompile(`version [0-9a-f]{12}`).ReplaceAllString(out, "version V"))
+	code, out, _ = wxnotify(t, "check", "-strict", "-config", "testdata/needs.yaml")
+	if code != 1 {
+		t.Errorf("-strict: exit %d, want 1", code)
+	}
+	golden(t, "needs-strict.golden", out)
 }
 
 func TestCheckOK(t *testing.T) {
@@ -184,6 +200,13 @@ func TestExitStatus(t *testing.T) {
 		{[]string{"test", "-rules", "testdata/broken"}, 1}, // no fixtures
 		{[]string{"test", "-rules", "../../configs/rules"}, 0},
 		{[]string{"schema", "extra"}, 2},
+		{[]string{"version", "extra"}, 2},
+		{[]string{"run", "-h"}, 0},
+		{[]string{"run", "extra"}, 2},
+		{[]string{"run", "-config", "testdata/nonexistent.yaml"}, 1},
+		{[]string{"demo", "-h"}, 0},
+		{[]string{"demo", "-bogus"}, 2},
+		{[]string{"demo", "-rules", "testdata/broken"}, 1},
 	} {
 		if code, out, errOut := wxnotify(t, tc.args...); code != tc.want {
 			t.Errorf("wxnotify %s: exit %d, want %d\n%s%s", strings.Join(tc.args, " "), code, tc.want, out, errOut)
@@ -299,6 +322,41 @@ func TestShippedFilesReferenceTheirSchema(t *testing.T) {
 		}
 		if !bytes.HasPrefix(b, []byte(want)) {
 			t.Errorf("%s: first line is not %q", f, want)
+		}
+	}
+}
+
+// wxnotify version, -version and --version print the version, the revision and the Go version
+// (deploy's TestDockerfileBuild checks the stamped ones).
+func TestVersion(t *testing.T) {
+	for _, arg := range []string{"version", "-version", "--version"} {
+		code, out, errOut := wxnotify(t, arg)
+		want := regexp.MustCompile(`^wxnotify devel \(revision [^,]+, ` + regexp.QuoteMeta(runtime.Version()) + ` [a-z0-9]+/[a-z0-9]+\)\n$`)
+		if code != 0 || !want.MatchString(out) || errOut != "" {
+			t.Errorf("wxnotify %s: exit %d, stdout %q, stderr %q; want 0 and a line matching %s", arg, code, out, errOut, want)
+		}
+	}
+}
+
+// run -h and demo -h say what the command does, what it needs and how it ends, and list its
+// flags, as check -h does.
+func TestHelp(t *testing.T) {
+	for _, tc := range []struct {
+		cmd  string
+		want []string
+	}{
+		{"run", []string{"usage: wxnotify run [-config FILE]", "wxnotify check -config FILE", "SIGHUP reloads the rules", "processor.drain_timeout", "Exit status:", "-config file"}},
+		{"demo", []string{"usage: wxnotify demo [-rules DIR]", "playground for rule authors", "accounts weapp", "Exit status:", "-rules DIR", "-keep", "-kafka-port port", "-http address"}},
+		{"check", []string{"usage: wxnotify check -config FILE", "-strict", "will need"}},
+	} {
+		code, out, errOut := wxnotify(t, tc.cmd, "-h")
+		if code != 0 || out != "" {
+			t.Errorf("%s -h: exit %d, stdout %q", tc.cmd, code, out)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(errOut, w) {
+				t.Errorf("%s -h lacks %q:\n%s", tc.cmd, w, errOut)
+			}
 		}
 	}
 }

@@ -50,7 +50,7 @@ func cmdRender(args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return 2
 	}
-	set, problems := src.load()
+	set, _, problems := src.load() // render needs no secrets: what run will need is check's to list
 	if set == nil || len(problems) > 0 {
 		for _, p := range problems {
 			fmt.Fprintln(stderr, p)

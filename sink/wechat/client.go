@@ -164,6 +164,11 @@ func New(cfg Config, reg prometheus.Registerer, log logrus.FieldLogger) (*Client
 		jitter:   rand.Int64N,
 	}
 	apiNames := wxapi.Names()
+	for _, an := range apiNames {
+		for _, class := range []Class{ClassTransient, ClassToken, ClassQuota} { // the classes retried
+			c.m.retries.WithLabelValues(an, string(class))
+		}
+	}
 	for _, name := range c.names {
 		acc := cfg.Accounts[name]
 		if acc.TokenSource == "" {
@@ -186,6 +191,11 @@ func New(cfg Config, reg prometheus.Registerer, log logrus.FieldLogger) (*Client
 		}
 		for i, an := range apiNames {
 			api, _ := wxapi.Lookup(an)
+			// Series an alert rates over exist at 0 from the start: accounts x APIs x 2 kinds,
+			// all three from config and the catalog, so the product stays small.
+			for _, kind := range []string{"daily", "minute"} {
+				c.m.quotaTrips.WithLabelValues(name, an, kind)
+			}
 			st := &apiState{
 				idx:      i,
 				api:      api,

@@ -780,10 +780,11 @@ func TestMetricsRegistration(t *testing.T) {
 	e.f.answers(-1)
 	e.c.Send(context.Background(), subscribe("weapp"))
 	for name, want := range map[string]int{
-		"wxnotify_wechat_request_duration_seconds": 4, // one per API, pre-created
-		"wxnotify_wechat_responses_total":          5, // errcode 0 per API, pre-created, + {-1}
-		"wxnotify_token_fetches_total":             6, // 2 accounts x 3 reasons, pre-created
-		"wxnotify_wechat_retries_total":            1,
+		"wxnotify_wechat_request_duration_seconds": 4,  // one per API, pre-created
+		"wxnotify_wechat_responses_total":          5,  // errcode 0 per API, pre-created, + {-1}
+		"wxnotify_token_fetches_total":             6,  // 2 accounts x 3 reasons, pre-created
+		"wxnotify_wechat_retries_total":            12, // 4 APIs x 3 retried classes, pre-created
+		"wxnotify_quota_trips_total":               16, // 2 accounts x 4 APIs x 2 kinds, pre-created
 		"wxnotify_quota_paused":                    16, // 2 accounts x 4 APIs x 2 kinds
 		"wxnotify_breaker_open":                    2,
 	} {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"runtime"
 	"sync/atomic"
@@ -43,6 +44,11 @@ type Options struct {
 	// Now is the processor's clock (expire_after, quiet_hours, dedupe and throttle windows);
 	// nil = time.Now. For tests.
 	Now func() time.Time
+	// Build identifies the binary in wxnotify_build_info; zero = ReadBuild("", "").
+	Build Build
+	// Reloaded, if set, is called after a reload installed a new rule set (not for the first
+	// load), on the reload goroutine.
+	Reloaded func(*rules.Set)
 }
 
 // NewLogger builds the logger the config asks for.
@@ -100,6 +106,13 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 		reg = prometheus.NewRegistry()
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
+	build := opts.Build
+	if build == (Build{}) {
+		build = ReadBuild("", "")
+	}
+	if err := registerBuildInfo(reg, build); err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
 
 	holder := &ruleHolder{}
 	reloads := newReloader(cfg, holder, reg, log)
@@ -143,6 +156,7 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 		if p != nil {
 			r.WeChatHeld = p.Held()
 		}
+		r.RulesReloadError = reloads.lastFailure()
 		r.Ready = r.GroupJoined && r.TokensReady
 		return r
 	}, log)
@@ -180,6 +194,12 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 		return err
 	}
 	proc.Store(p)
+	reloads.installed = func(set *rules.Set) {
+		p.RulesChanged(set)
+		if opts.Reloaded != nil {
+			opts.Reloaded(set)
+		}
+	}
 
 	tokensCtx, stopTokens := context.WithCancel(ctx)
 	tokensDone := make(chan struct{})
@@ -343,9 +363,13 @@ type readiness struct {
 	// WeChatHeld lists the (account, API)s whose notifications are held because WeChat keeps
 	// failing: held notifications are waiting, not lost, and the process stays ready.
 	WeChatHeld []processor.HeldAPI `json:"wechat_held,omitempty"`
+	// RulesReloadError is the last rules reload that was rejected, until a reload succeeds: the
+	// rules of rules_version stay in force, and the process stays ready.
+	RulesReloadError *reloadFailure `json:"rules_reload_error,omitempty"`
 }
 
-// serveOps starts /metrics, /healthz and /readyz. It returns a nil server when http.addr is off.
+// serveOps starts /metrics, /healthz, /readyz and, with http.pprof, Go's profiling endpoints
+// under /debug/pprof/. It returns a nil server when http.addr is off.
 func serveOps(cfg *Config, ln net.Listener, reg *prometheus.Registry, ready func() readiness, log logrus.FieldLogger) (*http.Server, string, error) {
 	if ln == nil {
 		if cfg.HTTP.Addr == "off" {
@@ -367,6 +391,15 @@ func serveOps(cfg *Config, ln net.Listener, reg *prometheus.Registry, ready func
 		}
 		_ = json.NewEncoder(w).Encode(r)
 	})
+	if cfg.HTTP.PProf {
+		// Registered on this mux only: importing net/http/pprof also adds them to
+		// http.DefaultServeMux, which nothing here serves.
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

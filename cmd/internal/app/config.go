@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -45,7 +46,7 @@ type KafkaConfig struct {
 	RebalanceTimeout  time.Duration `yaml:"rebalance_timeout"`  // default 30s
 	// FetchLinger and ProduceLinger trade latency for CPU: how long the broker may gather events
 	// for a fetch while events keep arriving, and how long outcome records wait to share a
-	// produce request. Defaults 4ms and 0s (chosen with wxbench: see README, Performance); 0s
+	// produce request. Defaults 4ms and 0s (chosen with wxbench: see cmd/wxbench/README.md); 0s
 	// turns them off. Neither affects correctness or commits.
 	FetchLinger   *time.Duration  `yaml:"fetch_linger"`
 	ProduceLinger *time.Duration  `yaml:"produce_linger"`
@@ -117,6 +118,10 @@ type RulesConfig struct {
 // HTTPConfig is the `http:` section.
 type HTTPConfig struct {
 	Addr string `yaml:"addr"` // /metrics, /healthz, /readyz; default :9464; "off" disables
+	// PProf serves Go's profiling endpoints under /debug/pprof/ on addr; default false. They
+	// show the process's internals and a CPU profile or trace costs CPU while it runs: keep
+	// the ops port private.
+	PProf bool `yaml:"pprof"`
 }
 
 // ProcessorConfig is the `processor:` section.
@@ -165,47 +170,137 @@ func (s *StringList) UnmarshalYAML(n *yaml.Node) error {
 
 // LoadConfig reads, expands and validates a config file.
 func LoadConfig(path string) (*Config, error) {
+	cfg, _, err := loadConfig(path, false)
+	return cfg, err
+}
+
+// LoadConfigForCheck loads a config file as LoadConfig does, except that what only the machine
+// that runs wxnotify provides may be missing: an unset environment variable (with no default)
+// is left as written, ${NAME}, and a secret or certificate file that does not exist is not
+// read. Both are returned as Needs instead of failing the load; everything else is validated
+// as LoadConfig validates it. The config is for checking only: its secrets may be placeholders.
+// `wxnotify check` uses it, so that CI can check a config without the production secrets.
+func LoadConfigForCheck(path string) (*Config, []Need, error) {
+	return loadConfig(path, true)
+}
+
+// Need is something a config names that is not there where it was loaded: an environment
+// variable that is unset and has no default, or a secret or certificate file that does not
+// exist. `wxnotify run` fails on it; `wxnotify check` lists it as what run will need.
+type Need struct {
+	Env  string   // the variable's name; "" for a file
+	File string   // the file's path (as resolved against the config's directory)
+	Keys []string // the config keys that name it, e.g. wechat.accounts.weapp.secret
+}
+
+func (n Need) String() string {
+	what := "file " + n.File + " does not exist"
+	if n.Env != "" {
+		what = "environment variable " + n.Env + " is not set"
+	}
+	return strings.Join(n.Keys, ", ") + ": " + what
+}
+
+func loadConfig(path string, lenient bool) (*Config, []Need, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("config: %w", err)
+		return nil, nil, fmt.Errorf("config: %w", err)
 	}
-	cfg, err := ParseConfig(raw, os.LookupEnv)
+	cfg, needs, err := parseConfig(raw, os.LookupEnv, lenient)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, needs, fmt.Errorf("%s: %w", path, err)
 	}
 	abs, err := filepath.Abs(filepath.Dir(path))
 	if err != nil {
-		return nil, fmt.Errorf("config: %w", err)
+		return nil, needs, fmt.Errorf("config: %w", err)
 	}
 	cfg.dir = abs
-	if err := cfg.resolveFiles(); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+	files, err := cfg.resolveFiles(lenient)
+	needs = append(needs, files...)
+	if err != nil {
+		return nil, needs, fmt.Errorf("%s: %w", path, err)
 	}
-	return cfg, nil
+	return cfg, needs, nil
 }
 
 // ParseConfig parses config text: expands ${VAR} and ${VAR:-default} from lookup, rejects
 // unknown keys and secrets written in the text, applies defaults and validates. Relative paths
 // resolve against the working directory unless LoadConfig set the file's directory.
 func ParseConfig(raw []byte, lookup func(string) (string, bool)) (*Config, error) {
+	cfg, _, err := parseConfig(raw, lookup, false)
+	return cfg, err
+}
+
+// parseConfig is ParseConfig; lenient leaves unset variables as written and returns them as
+// needs (see LoadConfigForCheck) instead of naming them in the error.
+func parseConfig(raw []byte, lookup func(string) (string, bool), lenient bool) (*Config, []Need, error) {
 	if err := checkSecretsAreReferences(raw); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	expanded, unset := expandEnv(raw, lookup)
+	expanded, unset := expand(raw, lookup, lenient)
+	var needs []Need
+	if lenient && len(unset) > 0 {
+		keys := envKeys(raw)
+		for _, name := range unset {
+			needs = append(needs, Need{Env: name, Keys: keys[name]})
+		}
+	}
 	var cfg Config
 	dec := yaml.NewDecoder(bytes.NewReader(expanded))
 	dec.KnownFields(true)
 	if err := dec.Decode(&cfg); err != nil {
-		return nil, fmt.Errorf("parse: %s", yamlKeyNames.Replace(err.Error()))
+		return nil, needs, fmt.Errorf("parse: %s", yamlKeyNames.Replace(err.Error()))
 	}
 	cfg.applyDefaults()
 	if err := cfg.Validate(); err != nil {
-		if len(unset) > 0 {
-			return nil, fmt.Errorf("%w (environment variables not set: %s)", err, strings.Join(unset, ", "))
+		if len(unset) > 0 && !lenient {
+			return nil, nil, fmt.Errorf("%w (environment variables not set: %s)", err, strings.Join(unset, ", "))
 		}
-		return nil, err
+		return nil, needs, err
 	}
-	return &cfg, nil
+	return &cfg, needs, nil
+}
+
+// envKeys maps each variable the config's values reference without a default to the keys of
+// those values (kafka.brokers[0], wechat.accounts.weapp.secret).
+func envKeys(raw []byte) map[string][]string {
+	var root yaml.Node
+	if yaml.Unmarshal(raw, &root) != nil {
+		return nil
+	}
+	out := map[string][]string{}
+	var walk func(n *yaml.Node, key string)
+	walk = func(n *yaml.Node, key string) {
+		switch n.Kind {
+		case yaml.DocumentNode:
+			for _, c := range n.Content {
+				walk(c, key)
+			}
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				k := n.Content[i].Value
+				if key != "" {
+					k = key + "." + k
+				}
+				walk(n.Content[i+1], k)
+			}
+		case yaml.SequenceNode:
+			for i, c := range n.Content {
+				walk(c, fmt.Sprintf("%s[%d]", key, i))
+			}
+		case yaml.ScalarNode:
+			for _, m := range envRef.FindAllStringSubmatchIndex(n.Value, -1) {
+				if m[4] < 0 { // no default
+					name := n.Value[m[2]:m[3]]
+					if !slices.Contains(out[name], key) {
+						out[name] = append(out[name], key)
+					}
+				}
+			}
+		}
+	}
+	walk(&root, "")
+	return out
 }
 
 // yamlKeyNames turns the decoder's Go type names into the config sections a user edits.
@@ -228,6 +323,11 @@ var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}`)
 // expandEnv replaces ${VAR} and ${VAR:-default}; it returns the names of variables that were
 // unset and had no default, so validation errors can point at them.
 func expandEnv(raw []byte, lookup func(string) (string, bool)) ([]byte, []string) {
+	return expand(raw, lookup, false)
+}
+
+// expand is expandEnv; keep leaves the references to unset variables as written.
+func expand(raw []byte, lookup func(string) (string, bool), keep bool) ([]byte, []string) {
 	var unset []string
 	var out []byte
 	last := 0
@@ -243,6 +343,9 @@ func expandEnv(raw []byte, lookup func(string) (string, bool)) ([]byte, []string
 		if hasDefault {
 			out = append(out, raw[loc[4]:loc[5]]...)
 			continue
+		}
+		if keep {
+			out = append(out, raw[loc[0]:loc[1]]...)
 		}
 		// A reference in a YAML comment expands to nothing and is no reason to complain.
 		if !inComment(raw, loc[0]) && !slices.Contains(unset, name) {
@@ -479,45 +582,73 @@ func (c *Config) Validate() error {
 }
 
 // resolveFiles makes the rules path absolute, reads secret files and checks the TLS files.
-func (c *Config) resolveFiles() error {
+// With missingOK, a secret or TLS file that does not exist is returned as a need instead (and a
+// path that is an unset variable's reference is left alone: that variable is a need already).
+func (c *Config) resolveFiles(missingOK bool) ([]Need, error) {
 	c.Rules.Path = c.path(c.Rules.Path)
 	if _, err := os.Stat(c.Rules.Path); err != nil {
-		return fmt.Errorf("rules.path: %w", err)
+		return nil, fmt.Errorf("rules.path: %w", err)
+	}
+	var needs []Need
+	// absent reports whether a file named by key may be skipped: missingOK, and it does not exist.
+	absent := func(key, path string) bool {
+		if !missingOK {
+			return false
+		}
+		if envRef.MatchString(path) {
+			return true
+		}
+		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+			needs = append(needs, Need{File: path, Keys: []string{key}})
+			return true
+		}
+		return false
 	}
 	t := &c.Kafka.TLS
-	for _, f := range []*string{&t.CAFile, &t.CertFile, &t.KeyFile} {
-		if *f != "" {
-			*f = c.path(*f)
+	tlsAbsent := false
+	for _, f := range []struct {
+		key  string
+		path *string
+	}{{"kafka.tls.ca_file", &t.CAFile}, {"kafka.tls.cert_file", &t.CertFile}, {"kafka.tls.key_file", &t.KeyFile}} {
+		if *f.path != "" {
+			*f.path = c.path(*f.path)
+			if absent(f.key, *f.path) {
+				tlsAbsent = true
+			}
 		}
 	}
-	if _, err := c.Kafka.TLS.config(); err != nil {
-		return err
+	if !tlsAbsent {
+		if _, err := c.Kafka.TLS.config(); err != nil {
+			return needs, err
+		}
 	}
-	if f := c.Kafka.SASL.PasswordFile; f != "" {
+	if f := c.Kafka.SASL.PasswordFile; f != "" && !absent("kafka.sasl.password_file", c.path(f)) {
 		b, err := os.ReadFile(c.path(f))
 		if err != nil {
-			return fmt.Errorf("kafka.sasl.password_file: %w", err)
+			return needs, fmt.Errorf("kafka.sasl.password_file: %w", err)
 		}
 		c.Kafka.SASL.Password = strings.TrimSpace(string(b))
 		if c.Kafka.SASL.Password == "" {
-			return fmt.Errorf("kafka.sasl.password_file: file is empty")
+			return needs, fmt.Errorf("kafka.sasl.password_file: file is empty")
 		}
 	}
-	for name, a := range c.WeChat.Accounts {
-		if a.SecretFile == "" {
+	for _, name := range sortedKeys(c.WeChat.Accounts) {
+		a := c.WeChat.Accounts[name]
+		key := "wechat.accounts." + name + ".secret_file"
+		if a.SecretFile == "" || absent(key, c.path(a.SecretFile)) {
 			continue
 		}
 		b, err := os.ReadFile(c.path(a.SecretFile))
 		if err != nil {
-			return fmt.Errorf("wechat.accounts.%s.secret_file: %w", name, err)
+			return needs, fmt.Errorf("%s: %w", key, err)
 		}
 		a.Secret = strings.TrimSpace(string(b))
 		if a.Secret == "" {
-			return fmt.Errorf("wechat.accounts.%s.secret_file: file is empty", name)
+			return needs, fmt.Errorf("%s: file is empty", key)
 		}
 		c.WeChat.Accounts[name] = a
 	}
-	return nil
+	return needs, nil
 }
 
 func (c *Config) path(p string) string {

@@ -3,9 +3,11 @@ package app
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -37,7 +39,24 @@ type reloader struct {
 	info      *prometheus.GaugeVec
 	succeeded prometheus.Gauge
 	successAt prometheus.Gauge
+
+	// installed, if set, is called after a reload installed a new set. Set it before run.
+	installed func(*rules.Set)
+	// failure is the last rejected reload, nil once a reload succeeds (/readyz shows it).
+	failure atomic.Pointer[reloadFailure]
 }
+
+// reloadFailure is a rejected reload as /readyz shows it.
+type reloadFailure struct {
+	At       string   `json:"at"`       // RFC 3339
+	Problems []string `json:"problems"` // as `wxnotify check` prints them, at most maxReadyProblems
+}
+
+// maxReadyProblems bounds the problems /readyz lists; the log has every one.
+const maxReadyProblems = 20
+
+// lastFailure returns the last rejected reload, nil if the last reload succeeded.
+func (r *reloader) lastFailure() *reloadFailure { return r.failure.Load() }
 
 func newReloader(cfg *Config, holder *ruleHolder, reg prometheus.Registerer, log logrus.FieldLogger) *reloader {
 	r := &reloader{
@@ -78,18 +97,29 @@ func (r *reloader) reload(why string) error {
 		if cur != nil {
 			fields["version"] = cur.Version
 		}
+		failure := &reloadFailure{At: time.Now().UTC().Format(time.RFC3339)}
 		var le *rules.LoadError
 		if errors.As(err, &le) {
 			for _, p := range le.Problems {
 				r.log.WithFields(fields).Error(p.String())
 			}
 			fields["problems"] = len(le.Problems)
+			for i, p := range le.Problems {
+				if i == maxReadyProblems {
+					failure.Problems = append(failure.Problems, fmt.Sprintf("... and %d more (see the log)", len(le.Problems)-i))
+					break
+				}
+				failure.Problems = append(failure.Problems, p.String())
+			}
 		} else {
 			fields["error"] = err.Error()
+			failure.Problems = []string{err.Error()}
 		}
+		r.failure.Store(failure)
 		r.log.WithFields(fields).Error("rules reload rejected; the current rules stay in force")
 		return err
 	}
+	r.failure.Store(nil)
 	if cur != nil && cur.Version == set.Version {
 		r.succeeded.Set(1)
 		r.successAt.Set(float64(time.Now().UnixNano()) / 1e9)
@@ -102,6 +132,9 @@ func (r *reloader) reload(why string) error {
 		fields["previous_version"] = old.Version
 	}
 	r.log.WithFields(fields).Info("rules reloaded")
+	if r.installed != nil {
+		r.installed(set)
+	}
 	return nil
 }
 

@@ -6,8 +6,8 @@
 // wakes hundreds of times a second, for each WeChat answer, fetch and produce acknowledgement.
 // With two or more Ps, a wake-up that readies a goroutine while another P is idle also wakes a
 // second OS thread to look for work, which mostly finds none and parks again; on a VM a context switch costs ~13 µs of CPU. With
-// one P those hand-offs do not happen. Measured with cmd/wxbench at 1,000 events/s (README,
-// Performance), one P used 13–24% less CPU per event at the same latency; under a backlog the
+// one P those hand-offs do not happen. Measured with cmd/wxbench at 1,000 events/s
+// (cmd/wxbench/README.md), one P used 13–24% less CPU per event at the same latency; under a backlog the
 // process needs the cores, and gets them back within one sampling interval.
 //
 // The package owns GOMAXPROCS while Run runs, and gives it back (runtime.SetDefaultGOMAXPROCS)
