@@ -165,7 +165,7 @@ func TestHoldThroughAnOutageAndResume(t *testing.T) {
 	w := newHoldWorld(t, "", nil)
 	w.wx.set("subscribeMessage.send", true)
 	w.feed("a", 50)
-	waitFor(t, "every template.send delivered during the outage", func() bool { return w.wx.delivered("template.send") == 50 })
+	waitFor(t, "every template.send delivered during the outage", func() bool { return w.outcomesByStatus()["template.send sent"] == 50 })
 	waitFor(t, "every subscribe notification parked", func() bool { return testutil.ToFloat64(w.p.metrics.notificationsHeld) == 50 })
 	if got := w.outcomesByStatus(); got["subscribeMessage.send failed"] != 0 || got["template.send sent"] != 50 {
 		t.Fatalf("outcomes during the outage: %v", got)
