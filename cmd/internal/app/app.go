@@ -174,6 +174,9 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 	// Kafka: first contact (a wrong password or CA stops here, named by its key), the topics,
 	// the writer.
 	if err := kc.Check(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while waiting for the brokers: nothing was started
+		}
 		return err
 	}
 	if err := ensureTopics(ctx, kc, cfg, log); err != nil {
