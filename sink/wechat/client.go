@@ -443,9 +443,15 @@ func (c *Client) attempt(ctx context.Context, st *apiState, tok *token, body []b
 	if err != nil {
 		c.m.responses.WithLabelValues(api, "-2").Inc()
 		o := outcome{code: ErrNoAnswer, class: ClassTransient, noAnswer: true}
+		// Ambiguous: the request may have reached WeChat. Only the poster knows when it did not
+		// (a.unsent); an error through net/http (a proxy) counts as possibly sent.
 		switch {
+		case ctx.Err() != nil && a.unsent:
+			o.msg = "not sent: " + ctx.Err().Error()
 		case ctx.Err() != nil:
 			o.msg, o.ambiguous = "send interrupted ("+ctx.Err().Error()+"): the message may have been sent", true
+		case isTimeout(err) && a.unsent:
+			o.msg = fmt.Sprintf("timeout after %s before the request went out: %s", c.cfg.Timeout, scrubErr(err))
 		case isTimeout(err):
 			o.msg, o.ambiguous = fmt.Sprintf("timeout after %s: %s", c.cfg.Timeout, scrubErr(err)), true
 		case a.started:

@@ -650,6 +650,33 @@ func TestTimeoutWithoutIdempotencyKey(t *testing.T) {
 	}
 }
 
+// A timeout before the request went out (here: no free connection to WeChat within the timeout)
+// cannot have delivered anything, so even subscribeMessage.send, which has no idempotency key,
+// is retried and, still failing, ends as a plain transient failure that the processor holds
+// rather than as "may have been sent".
+func TestTimeoutBeforeTheRequestWentOutIsRetried(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.Timeout = 100 * time.Millisecond; c.MaxConns = 1; c.Retry.MaxAttempts = 3 })
+	if err := e.c.CheckTokens(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if e.c.fast == nil {
+		t.Fatal("no poster: the test needs the client's own connection pool")
+	}
+	e.c.fast.slots <- struct{}{} // the only connection is busy for the whole send
+	r := e.c.Send(context.Background(), subscribe("weapp"))
+	if r.Class != ClassTransient || r.Ambiguous || r.Attempts != 3 || strings.Contains(r.ErrMsg, "may have been sent") ||
+		!strings.Contains(r.ErrMsg, "before the request went out") {
+		t.Fatalf("Send = %+v; want 3 attempts ending transient, not ambiguous", r)
+	}
+	if got := e.f.sendHits.Load(); got != 0 {
+		t.Fatalf("WeChat saw %d sends, want 0", got)
+	}
+	<-e.c.fast.slots
+	if r := e.c.Send(context.Background(), subscribe("weapp")); !r.OK() || r.Attempts != 1 {
+		t.Fatalf("Send after the connection was free = %+v", r)
+	}
+}
+
 // A probe's MaxAttempts bounds the attempts below the policy's: one call, then the transient
 // answer, without the backoff.
 func TestRequestMaxAttempts(t *testing.T) {

@@ -128,6 +128,11 @@ type answer struct {
 	// answer. staleConn: nothing at all came back on a pooled keep-alive connection (a clean
 	// EOF), the sign of a server that had closed it: the request was not acted on.
 	written, staleConn bool
+	// unsent: the request never reached the server whole (no free connection within the
+	// timeout, the dial or TLS handshake failed, or the write did), so WeChat cannot have acted
+	// on it, whatever the error: a retry cannot deliver it twice. A server acts on an HTTP
+	// request only once its whole body (Content-Length) has arrived.
+	unsent bool
 }
 
 // serves reports whether fullURL is on the poster's host.
@@ -146,7 +151,7 @@ func (p *poster) post(ctx context.Context, fullURL string, body []byte, dst *byt
 	}
 	pc, err := p.get(ctx, deadline)
 	if err != nil {
-		return answer{}, &url.Error{Op: "Post", URL: fullURL, Err: err}
+		return answer{unsent: true}, &url.Error{Op: "Post", URL: fullURL, Err: err}
 	}
 	a, err := p.roundTrip(ctx, pc, fullURL, body, dst, deadline)
 	if err != nil {
@@ -161,7 +166,7 @@ func (p *poster) post(ctx context.Context, fullURL string, body []byte, dst *byt
 
 func (p *poster) roundTrip(ctx context.Context, pc *pconn, fullURL string, body []byte, dst *bytes.Buffer, deadline time.Time) (answer, error) {
 	if err := pc.c.SetDeadline(deadline); err != nil {
-		return answer{}, err
+		return answer{unsent: true}, err
 	}
 	// Cancellation unblocks the I/O by moving the deadline into the past.
 	stop := context.AfterFunc(ctx, func() { _ = pc.c.SetDeadline(time.Unix(1, 0)) })
@@ -186,7 +191,7 @@ func (p *poster) roundTrip(ctx context.Context, pc *pconn, fullURL string, body 
 		p.reqs.Put(req)
 	}
 	if err != nil {
-		return answer{}, err
+		return answer{unsent: true}, err // a write that failed left the request incomplete
 	}
 
 	pc.left = maxAnswer

@@ -123,9 +123,35 @@ func TestPosterErrors(t *testing.T) {
 		p := newPoster(srv.URL, 2, 50*time.Millisecond, noProxy)
 		var dst bytes.Buffer
 		t0 := time.Now()
-		_, err := p.post(context.Background(), srv.URL+"/s", []byte(`{}`), &dst)
+		a, err := p.post(context.Background(), srv.URL+"/s", []byte(`{}`), &dst)
 		if !isTimeout(err) || time.Since(t0) > 400*time.Millisecond {
 			t.Fatalf("err %v after %s, want a timeout after ~50ms", err, time.Since(t0))
+		}
+		if a.unsent || !a.written {
+			t.Fatalf("answer %+v: the request went out whole before the timeout", a)
+		}
+	})
+	t.Run("no free connection within the timeout: unsent", func(t *testing.T) {
+		srv, conns := countingServer(t, func(w http.ResponseWriter, r *http.Request) {})
+		p := newPoster(srv.URL, 1, 50*time.Millisecond, noProxy)
+		p.slots <- struct{}{} // the only connection is busy
+		var dst bytes.Buffer
+		a, err := p.post(context.Background(), srv.URL+"/s", []byte(`{}`), &dst)
+		if !isTimeout(err) || !a.unsent || conns.Load() != 0 {
+			t.Fatalf("answer %+v, err %v, connections %d; want an unsent timeout and no connection", a, err, conns.Load())
+		}
+	})
+	t.Run("write blocked until the timeout: unsent", func(t *testing.T) {
+		// The handler never reads the body, so the socket buffers fill and the write stops
+		// part-way: the server has an incomplete request it cannot act on.
+		release := make(chan struct{})
+		srv, _ := countingServer(t, func(w http.ResponseWriter, r *http.Request) { <-release })
+		t.Cleanup(func() { close(release) }) // before srv.Close, which waits for the handler
+		p := newPoster(srv.URL, 1, 200*time.Millisecond, noProxy)
+		var dst bytes.Buffer
+		a, err := p.post(context.Background(), srv.URL+"/s", bytes.Repeat([]byte("a"), 64<<20), &dst)
+		if !isTimeout(err) || !a.unsent || a.written {
+			t.Fatalf("answer %+v, err %v; want an unsent timeout", a, err)
 		}
 	})
 	t.Run("cancel interrupts", func(t *testing.T) {
