@@ -83,6 +83,11 @@ func (pc *pconn) Read(p []byte) (int, error) {
 // connection the server is closing gets no answer.
 const idleTimeout = 30 * time.Second
 
+// lateAnswerWait is how long a call whose deadline passed with nothing read looks once more for
+// an answer that arrived meanwhile: long enough to read what is in the socket, too short to
+// extend a call that WeChat did not answer.
+const lateAnswerWait = 5 * time.Millisecond
+
 // newPoster returns a poster for baseURL, or nil when calls must go through net/http: proxy
 // (http.ProxyFromEnvironment in production) names a proxy for it, or the scheme is not http or
 // https.
@@ -198,7 +203,16 @@ func (p *poster) roundTrip(ctx context.Context, pc *pconn, fullURL string, body 
 	// Peek first: nothing at all coming back (a clean EOF) on a pooled connection is a server
 	// that had closed it, and http.ReadResponse would report it as io.ErrUnexpectedEOF, like an
 	// answer cut short.
-	if _, err := pc.br.Peek(1); err != nil {
+	_, err = pc.br.Peek(1)
+	if err != nil && isTimeout(err) && ctx.Err() == nil {
+		// No byte before the deadline. If this process was stalled past it (a long GC pause, a
+		// frozen VM, SIGSTOP), WeChat's answer may be waiting in the socket: read it rather than
+		// report a send that WeChat answered as "may have been sent".
+		if pc.c.SetReadDeadline(time.Now().Add(lateAnswerWait)) == nil {
+			_, err = pc.br.Peek(1)
+		}
+	}
+	if err != nil {
 		return answer{written: true, staleConn: !pc.used.IsZero() && errors.Is(err, io.EOF)}, err
 	}
 	resp, err := http.ReadResponse(pc.br, nil)

@@ -131,6 +131,30 @@ func TestPosterErrors(t *testing.T) {
 			t.Fatalf("answer %+v: the request went out whole before the timeout", a)
 		}
 	})
+	t.Run("an answer that arrived while the process was stalled is read", func(t *testing.T) {
+		answered := make(chan struct{})
+		srv, _ := countingServer(t, func(w http.ResponseWriter, r *http.Request) {
+			_, _ = w.Write([]byte(`{"errcode":0,"msgid":7}`))
+			w.(http.Flusher).Flush()
+			close(answered)
+		})
+		p := newPoster(srv.URL, 1, 100*time.Millisecond, noProxy)
+		c, err := net.Dial("tcp", srv.Listener.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc := &stalledConn{Conn: c, answered: answered}
+		p.slots <- struct{}{}
+		p.put(newPconn(sc))
+		var dst bytes.Buffer
+		a, err := p.post(context.Background(), srv.URL+"/s", []byte(`{}`), &dst)
+		if err != nil || a.status != http.StatusOK || dst.String() != `{"errcode":0,"msgid":7}` {
+			t.Fatalf("answer %+v, body %q, err %v; want WeChat's answer", a, dst.String(), err)
+		}
+		if !sc.stalled {
+			t.Fatal("the connection was not read past its deadline: the test did not stall the call")
+		}
+	})
 	t.Run("no free connection within the timeout: unsent", func(t *testing.T) {
 		srv, conns := countingServer(t, func(w http.ResponseWriter, r *http.Request) {})
 		p := newPoster(srv.URL, 1, 50*time.Millisecond, noProxy)
@@ -351,4 +375,35 @@ func TestPosterBoundsAnswer(t *testing.T) {
 	if !errors.Is(err, errAnswerTooLong) || endless.read != maxAnswer {
 		t.Fatalf("a status line that never ends: err %v after %d bytes, want errAnswerTooLong after %d", err, endless.read, maxAnswer)
 	}
+}
+
+// stalledConn stands for a process stalled during a call (SIGSTOP, a frozen VM, a long GC
+// pause): its first Read starts only once the server has answered and the read deadline has
+// passed, so the answer waits in the socket while the deadline says the call timed out.
+type stalledConn struct {
+	net.Conn
+	answered <-chan struct{}
+	deadline time.Time
+	stalled  bool
+}
+
+func (c *stalledConn) SetDeadline(t time.Time) error {
+	c.deadline = t
+	return c.Conn.SetDeadline(t)
+}
+
+func (c *stalledConn) SetReadDeadline(t time.Time) error {
+	c.deadline = t
+	return c.Conn.SetReadDeadline(t)
+}
+
+func (c *stalledConn) Read(p []byte) (int, error) {
+	if !c.stalled {
+		c.stalled = true
+		<-c.answered
+		for time.Now().Before(c.deadline) {
+			time.Sleep(time.Until(c.deadline))
+		}
+	}
+	return c.Conn.Read(p)
 }
