@@ -52,7 +52,7 @@ func (c *Client) JoinGroup(cfg GroupConfig) (*Group, error) {
 		HeartbeatInterval: cfg.HeartbeatInterval,
 		RebalanceTimeout:  cfg.RebalanceTimeout,
 		JoinGroupBackoff:  time.Second,
-		Timeout:           c.cfg.DialTimeout,
+		Timeout:           dialTimeout,
 		ErrorLogger:       kafka.LoggerFunc(func(f string, a ...any) { log.Warnf("kafka group: "+f, a...) }),
 		Logger:            kafka.LoggerFunc(func(f string, a ...any) { log.Debugf("kafka group: "+f, a...) }),
 	})
