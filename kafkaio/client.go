@@ -56,24 +56,15 @@ type Config struct {
 	// Topics are the topics whose metadata the client keeps cached: every topic it reads or
 	// writes. Routing a request to a partition's leader needs its topic here.
 	Topics []string
-	// MetadataTTL bounds the age of the cached metadata, which is how long a moved leader can
-	// go unnoticed. Default 1s; kafka-go randomizes each refresh within it.
-	MetadataTTL time.Duration
-	// DialTimeout bounds a connection's dial, TLS handshake and SASL exchange. Default 10s.
-	DialTimeout time.Duration
 }
 
-func (c *Config) withDefaults() {
-	if c.ClientID == "" {
-		c.ClientID = "wxnotify"
-	}
-	if c.MetadataTTL <= 0 {
-		c.MetadataTTL = time.Second
-	}
-	if c.DialTimeout <= 0 {
-		c.DialTimeout = 10 * time.Second
-	}
-}
+const (
+	// metadataTTL bounds the age of the cached metadata, which is how long a moved leader can
+	// go unnoticed; kafka-go randomizes each refresh within it.
+	metadataTTL = time.Second
+	// dialTimeout bounds a connection's dial, TLS handshake and SASL exchange.
+	dialTimeout = 10 * time.Second
+)
 
 // Client is the process's Kafka client. It is safe for concurrent use; Close releases its
 // connections.
@@ -93,15 +84,17 @@ func New(cfg Config, reg prometheus.Registerer, log logrus.FieldLogger) (*Client
 	if len(cfg.Brokers) == 0 {
 		return nil, errors.New("kafka.brokers: at least one broker is required")
 	}
-	cfg.withDefaults()
+	if cfg.ClientID == "" {
+		cfg.ClientID = "wxnotify"
+	}
 	m, err := newMetrics(reg)
 	if err != nil {
 		return nil, err
 	}
 	tr := &kafka.Transport{
-		Dial:           (&net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}).DialContext,
-		DialTimeout:    cfg.DialTimeout,
-		MetadataTTL:    cfg.MetadataTTL,
+		Dial:           (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		DialTimeout:    dialTimeout,
+		MetadataTTL:    metadataTTL,
 		MetadataTopics: slices.Compact(slices.Sorted(slices.Values(cfg.Topics))),
 		ClientID:       cfg.ClientID,
 		TLS:            cfg.TLS,
@@ -114,7 +107,7 @@ func New(cfg Config, reg prometheus.Registerer, log logrus.FieldLogger) (*Client
 		tr:   tr,
 		kc:   &kafka.Client{Addr: addr, Transport: tr},
 		dialer: &kafka.Dialer{
-			ClientID: cfg.ClientID, Timeout: cfg.DialTimeout, DualStack: true, KeepAlive: 30 * time.Second,
+			ClientID: cfg.ClientID, Timeout: dialTimeout, DualStack: true, KeepAlive: 30 * time.Second,
 			TLS: cfg.TLS, SASLMechanism: cfg.SASL,
 		},
 		log:     log,

@@ -122,7 +122,9 @@ type Receiver interface {
 	Return()
 	// Receive takes one record of p. A record that is not Skip comes with an admission, which
 	// the receiver owns from then on. Records of one partition arrive in offset order, from one
-	// goroutine at a time; Receive must not block for long.
+	// goroutine at a time; Receive must not block for long. *m is reused for the next record
+	// once Receive returns: a receiver that keeps the record copies *m (its Key, Value and
+	// Headers are the receiver's; they are not written again).
 	Receive(p *Partition, m *Message)
 }
 

@@ -1,12 +1,15 @@
 package kafkaio
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -52,7 +55,7 @@ func (c *Client) JoinGroup(cfg GroupConfig) (*Group, error) {
 		HeartbeatInterval: cfg.HeartbeatInterval,
 		RebalanceTimeout:  cfg.RebalanceTimeout,
 		JoinGroupBackoff:  time.Second,
-		Timeout:           c.cfg.DialTimeout,
+		Timeout:           dialTimeout,
 		ErrorLogger:       kafka.LoggerFunc(func(f string, a ...any) { log.Warnf("kafka group: "+f, a...) }),
 		Logger:            kafka.LoggerFunc(func(f string, a ...any) { log.Debugf("kafka group: "+f, a...) }),
 	})
@@ -79,18 +82,16 @@ func (g *Group) Next(ctx context.Context) (*Generation, error) {
 			continue
 		}
 		out, err := g.generation(ctx, gen)
-		if err != nil {
-			// The generation ended (or ctx did) before its offsets could be read: end it
-			// and join the next one.
-			if ctx.Err() != nil {
-				gen.Start(func(context.Context) {})
-				return nil, ctx.Err()
-			}
-			g.log.WithError(err).Warn("reading the committed offsets failed; rejoining")
-			gen.Start(func(context.Context) {})
-			continue
+		if err == nil {
+			return out, nil
 		}
-		return out, nil
+		// The generation ended (or ctx did) before its offsets could be read: end it (kafka-go
+		// ends a generation when a function started on it returns) and join the next one.
+		gen.Start(func(context.Context) {})
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		g.log.WithError(err).Warn("reading the committed offsets failed; rejoining")
 	}
 }
 
@@ -167,13 +168,7 @@ func (g *Group) generation(ctx context.Context, gen *kafka.Generation) (*Generat
 		}
 	}
 	slices.SortFunc(out.Assignments, func(a, b Assignment) int {
-		if a.Topic != b.Topic {
-			if a.Topic < b.Topic {
-				return -1
-			}
-			return 1
-		}
-		return a.Partition - b.Partition
+		return compareTopicPartition(TopicPartition{a.Topic, a.Partition}, TopicPartition{b.Topic, b.Partition})
 	})
 	return out, nil
 }
@@ -209,20 +204,13 @@ type TopicPartition struct {
 	Partition int
 }
 
+// compareTopicPartition orders partitions by topic, then partition.
+func compareTopicPartition(a, b TopicPartition) int {
+	return cmp.Or(strings.Compare(a.Topic, b.Topic), cmp.Compare(a.Partition, b.Partition))
+}
+
 func (e *CommitError) Error() string {
-	keys := make([]TopicPartition, 0, len(e.Failed))
-	for k := range e.Failed {
-		keys = append(keys, k)
-	}
-	slices.SortFunc(keys, func(a, b TopicPartition) int {
-		if a.Topic != b.Topic {
-			if a.Topic < b.Topic {
-				return -1
-			}
-			return 1
-		}
-		return a.Partition - b.Partition
-	})
+	keys := slices.SortedFunc(maps.Keys(e.Failed), compareTopicPartition)
 	msg := fmt.Sprintf("commit failed for %d partitions", len(keys))
 	for i, k := range keys {
 		if i == 3 {

@@ -3,12 +3,14 @@ package kafkaio
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/segmentio/kafka-go"
 	"github.com/sirupsen/logrus"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
@@ -223,5 +225,50 @@ func TestDrainHeartbeatsAndCommitFollowTheCoordinator(t *testing.T) {
 	}
 	if e := logged(hook, logrus.WarnLevel, "dropped this member"); e != nil {
 		t.Errorf("the member was dropped while draining: %v", e.Data)
+	}
+}
+
+// A commit the coordinator refuses is reported per partition in a *CommitError. A partition whose
+// metadata is refused as too large fails alone (errors.Is ErrOffsetMetadataTooLarge) while the
+// others commit, and that is not the generation ending; a commit of a generation the group has
+// moved past is refused for every partition and is (errors.Is ErrGenerationEnded).
+func TestCommitErrorsNameTheirPartitions(t *testing.T) {
+	c := startCluster(t, kfake.SeedTopics(2, "ev"))
+	cl, _ := newClient(t, c, []string{"ev"})
+	_, gen := join(t, cl, GroupConfig{GroupID: "g", Topics: []string{"ev"}})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	offsets := []Offset{
+		{Topic: "ev", Partition: 0, Offset: 3, Metadata: "m0", LeaderEpoch: -1},
+		{Topic: "ev", Partition: 1, Offset: 4, Metadata: "m1", LeaderEpoch: -1},
+	}
+
+	f := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.OffsetCommit}, Topic: "ev", Partitions: []int32{1}, Err: kerr.OffsetMetadataTooLarge})
+	err := gen.Commit(ctx, offsets)
+	var cerr *CommitError
+	if !errors.As(err, &cerr) || len(cerr.Failed) != 1 || !errors.Is(cerr.Failed[TopicPartition{"ev", 1}], ErrOffsetMetadataTooLarge) {
+		t.Fatalf("a commit with ev/1's metadata refused: %v, want a *CommitError naming only ev/1 with OFFSET_METADATA_TOO_LARGE", err)
+	}
+	if f.Hits() != 1 {
+		t.Fatalf("the fault was hit %d times, want 1", f.Hits())
+	}
+	if errors.Is(err, ErrGenerationEnded) {
+		t.Errorf("%v is ErrGenerationEnded: a refused metadata would end the generation's commits", err)
+	}
+	if off, meta := committed(c, "g", "ev", 0); off != 3 || meta != "m0" {
+		t.Errorf("the broker holds offset %d metadata %q of ev/0, want 3 and m0: the other partition was not committed", off, meta)
+	}
+
+	stale := *gen
+	stale.ID--
+	err = stale.Commit(ctx, offsets)
+	if !errors.As(err, &cerr) || len(cerr.Failed) != 2 || !errors.Is(err, ErrGenerationEnded) {
+		t.Fatalf("a commit of a past generation: %v, want a *CommitError naming both partitions that is ErrGenerationEnded", err)
+	}
+	if want := "commit failed for 2 partitions; ev/0: "; !strings.HasPrefix(err.Error(), want) {
+		t.Errorf("error text %q, want it to start with %q", err, want)
+	}
+	if off, _ := committed(c, "g", "ev", 0); off != 3 {
+		t.Errorf("the broker holds offset %d of ev/0 after the refused commit, want 3", off)
 	}
 }

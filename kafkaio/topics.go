@@ -11,7 +11,6 @@ import (
 // TopicInfo is what the cluster's metadata says about an existing topic.
 type TopicInfo struct {
 	Partitions int
-	Replicas   int // replicas of its first partition
 }
 
 // Topics returns the topics among names that exist. A missing topic is absent from the map; a
@@ -31,11 +30,7 @@ func (c *Client) Topics(ctx context.Context, names ...string) (map[string]TopicI
 		default:
 			return nil, fmt.Errorf("topic %q: %w", t.Name, e)
 		}
-		info := TopicInfo{Partitions: len(t.Partitions)}
-		if len(t.Partitions) > 0 {
-			info.Replicas = len(t.Partitions[0].ReplicaNodes)
-		}
-		out[t.Name] = info
+		out[t.Name] = TopicInfo{Partitions: len(t.Partitions)}
 	}
 	return out, nil
 }

@@ -53,6 +53,9 @@ const (
 	batchOverhead  = 61
 	// defaultMaxMessageBytes is Kafka's default max.message.bytes / message.max.bytes.
 	defaultMaxMessageBytes = 1048588
+	// batchMaxBytes bounds the estimated size of one request's records (a single record larger
+	// than this still goes alone).
+	batchMaxBytes = 1 << 20
 )
 
 // HeaderTruncated is the header of a record that was cut to fit: its value is the original
@@ -102,8 +105,8 @@ type WriterConfig struct {
 	// Linger is how long the first record of a batch waits for more before its request is
 	// sent. Default 0: a request is sent as soon as none to its partition is in flight.
 	Linger time.Duration
-	// BatchSize and BatchBytes bound one request. Defaults 1000 records and 1 MiB.
-	BatchSize, BatchBytes int
+	// BatchSize bounds the records of one request. Default 1000.
+	BatchSize int
 	// RetryBackoff is the first pause before a failed request is sent again; it doubles up to
 	// MaxRetryBackoff. Defaults 100ms and 5s.
 	RetryBackoff, MaxRetryBackoff time.Duration
@@ -155,9 +158,6 @@ type queue struct {
 func (c *Client) NewWriter(ctx context.Context, cfg WriterConfig) (*Writer, error) {
 	if cfg.BatchSize <= 0 {
 		cfg.BatchSize = 1000
-	}
-	if cfg.BatchBytes <= 0 {
-		cfg.BatchBytes = 1 << 20
 	}
 	if cfg.RetryBackoff <= 0 {
 		cfg.RetryBackoff = 100 * time.Millisecond
@@ -339,7 +339,7 @@ func (w *Writer) takeLocked(q *queue) []*pending {
 	n, size := 0, batchOverhead
 	for n < len(q.recs) && n < limit {
 		s := q.recs[n].size
-		if n > 0 && size+s > w.cfg.BatchBytes {
+		if n > 0 && size+s > batchMaxBytes {
 			break
 		}
 		size += s

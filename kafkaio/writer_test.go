@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"runtime"
 	"strconv"
 	"strings"
@@ -598,4 +599,47 @@ func TestWriterHoldsOnlyWhatWasPublished(t *testing.T) {
 		t.Errorf("the writer still holds %d records after they were acknowledged", n)
 	}
 	checkKeyOrder(t, readLog(t, c, "out", 4), want)
+}
+
+// Produce errors are classified in one place: refusals that stay (authorization, an invalid
+// topic or record, a protocol mismatch) are permanent, wrapped or not; a missing topic becomes
+// permanent only after the grace; everything else, including errors that are not Kafka's, is
+// retried.
+func TestProduceErrorClassification(t *testing.T) {
+	const grace = time.Minute
+	now, past := time.Now(), time.Now().Add(-2*grace)
+	for _, tc := range []struct {
+		err       error
+		since     time.Time
+		permanent bool
+		refused   bool // the broker refused the records themselves
+	}{
+		{kafka.TopicAuthorizationFailed, now, true, false},
+		{kafka.ClusterAuthorizationFailed, now, true, false},
+		{fmt.Errorf("produce: %w", kafka.InvalidTopic), now, true, false},
+		{kafka.PolicyViolation, now, true, false},
+		{kafka.UnsupportedVersion, now, true, false},
+		{kafka.MessageSizeTooLarge, now, true, true},
+		{kafka.RecordListTooLarge, now, true, true},
+		{fmt.Errorf("produce: %w", kafka.InvalidRecord), now, true, true},
+		{kafka.UnknownTopicOrPartition, now, false, false},
+		{kafka.UnknownTopicOrPartition, past, true, false},
+		{kafka.NotLeaderForPartition, past, false, false},
+		{kafka.NotEnoughReplicas, past, false, false},
+		{kafka.RequestTimedOut, past, false, false},
+		{kafka.Unknown, past, false, false},
+		{io.ErrUnexpectedEOF, past, false, false},
+		{context.DeadlineExceeded, past, false, false},
+	} {
+		age := "new"
+		if tc.since.Equal(past) {
+			age = "past the grace"
+		}
+		if got := permanent(tc.err, tc.since, grace); got != tc.permanent {
+			t.Errorf("permanent(%v, %s) = %v, want %v", tc.err, age, got, tc.permanent)
+		}
+		if got := refusedRecord(tc.err); got != tc.refused {
+			t.Errorf("refusedRecord(%v) = %v, want %v", tc.err, got, tc.refused)
+		}
+	}
 }
