@@ -218,6 +218,9 @@ func TestHeldNotificationsExpireAndTimeOut(t *testing.T) {
 	w.wx.set("template.send", true)
 	w.event("old", "u1", w.clock.Now())
 	waitFor(t, "both parked", func() bool { return testutil.ToFloat64(w.p.metrics.notificationsHeld) == 2 })
+	if held := w.p.Held(); len(held) != 2 || held[0].Account != "mp" || held[1].Account != "weapp" {
+		t.Fatalf("Held() = %+v, want mp/template.send then weapp/subscribeMessage.send", held)
+	}
 	w.clock.Add(61 * time.Minute)
 	o := w.last(1)
 	if o.Rule != "sub" || o.Status != StatusExpired || !strings.HasPrefix(o.ErrMsg, "expired: event is 1h1m old, expire_after 1h (held while weapp/subscribeMessage.send was unavailable: system error rid: 1)") {
