@@ -9,12 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/sirupsen/logrus"
 
 	"github.com/wxnotify/wxnotify/kafkaio"
-	"github.com/wxnotify/wxnotify/rules"
 	"github.com/wxnotify/wxnotify/sink/wechat"
 )
 
@@ -91,7 +89,6 @@ EXTRA
 type holdWorld struct {
 	*world
 	wx  *outage
-	reg *prometheus.Registry
 	log *syncLog
 }
 
@@ -114,33 +111,19 @@ func (l *syncLog) String() string {
 
 func newHoldWorld(t *testing.T, extra string, mod func(*Config)) *holdWorld {
 	t.Helper()
-	set, err := rules.Parse(map[string][]byte{"r.yaml": []byte(strings.Replace(twoAPIRules, "EXTRA\n", extra, 1))}, rules.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	clock := &fakeClock{t: time.Date(2026, 11, 22, 4, 0, 0, 0, time.UTC)}
-	cfg := Config{GroupID: "g", Topics: []string{"events"}, OutcomesTopic: "out", DeadLetterTopic: "dlq", DelayTopic: "delayed", Now: clock.Now}
-	if mod != nil {
-		mod(&cfg)
-	}
+	set := parseRules(t, strings.Replace(twoAPIRules, "EXTRA\n", extra, 1))
 	logs := &syncLog{}
 	log := logrus.New()
 	log.SetOutput(logs)
 	log.SetFormatter(&logrus.JSONFormatter{})
 	wx := &outage{down: map[string]bool{}}
-	reg := prometheus.NewRegistry()
-	w := &world{t: t, pub: &fakePublisher{}, clock: clock}
-	w.p, err = New(cfg, staticRules{set}, wx, w.pub, nil, reg, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.p.sendCtx = context.Background()
+	w := newWorldOver(t, set, time.Date(2026, 11, 22, 4, 0, 0, 0, time.UTC), wx, log, mod)
 	w.p.holds.firstProbe, w.p.holds.maxProbe, w.p.holds.sweepEvery = 5*time.Millisecond, 20*time.Millisecond, 5*time.Millisecond
 	gctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	w.pt = &partition{topic: "events", id: 0, tracker: newTracker(0), kp: kafkaio.NewPartition("events", 0, 0), gctx: gctx}
+	w.pt.gctx = gctx
 	t.Cleanup(func() { w.p.holds.close(); w.p.sched.close(); w.p.sched.wait() })
-	return &holdWorld{world: w, wx: wx, reg: reg, log: logs}
+	return &holdWorld{world: w, wx: wx, log: logs}
 }
 
 // feed sends n order.paid events for n users.
