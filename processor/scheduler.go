@@ -163,13 +163,6 @@ func (s *scheduler) done(t *task) {
 	}
 }
 
-// pending returns how many keys have a lane (tests, metrics).
-func (s *scheduler) pending() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.lanes)
-}
-
 func (s *scheduler) newLane() *lane {
 	if n := len(s.free); n > 0 {
 		l := s.free[n-1]

@@ -9,6 +9,13 @@ import (
 	"time"
 )
 
+// pending returns how many keys have a lane.
+func (s *scheduler) pending() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.lanes)
+}
+
 // jobFunc adapts a function to job.
 type jobFunc func(*task)
 

@@ -6,6 +6,13 @@ import (
 	"testing"
 )
 
+// commitPoint returns the offset to commit: every offset below it is finished.
+func (t *tracker) commitPoint() int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.commitPointLocked()
+}
+
 func TestTrackerCommitPointNeverPassesUnfinished(t *testing.T) {
 	tr := newTracker(-2)
 	const n = 3000
