@@ -228,11 +228,12 @@ func TestAmbiguousTimeoutIsNotHeld(t *testing.T) {
 		return wechat.Result{ErrCode: -2, ErrMsg: "timeout; the message may have been sent", Attempts: 1, Class: wechat.ClassTransient, Ambiguous: true}, true
 	}
 	w.feed("t", 1)
-	outs := w.outcomes(2)
-	for _, o := range outs {
-		if o.API == "subscribeMessage.send" && o.Status != StatusFailed {
-			t.Fatalf("ambiguous send: %+v", o)
-		}
+	w.outcomes(2)
+	if got := w.outcomesByStatus(); got["subscribeMessage.send failed"] != 1 || got["template.send sent"] != 1 {
+		t.Fatalf("outcomes %v, want the ambiguous send failed", got)
+	}
+	if calls := w.wx.calls.Load(); calls != 2 {
+		t.Fatalf("%d calls, want 2: an ambiguous timeout is not probed again", calls)
 	}
 	if held := w.p.Held(); len(held) != 0 {
 		t.Fatalf("held after an ambiguous timeout: %+v", held)
