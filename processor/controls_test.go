@@ -96,8 +96,9 @@ func (s staticRules) Current() *rules.Set { return s.set }
 type world struct {
 	t      *testing.T
 	p      *Processor
-	send   *fakeSender
+	send   *fakeSender // nil when the world sends through another Sender
 	pub    *fakePublisher
+	reg    *prometheus.Registry
 	clock  *fakeClock
 	pt     *partition
 	offset int64
@@ -107,7 +108,7 @@ type world struct {
 // the rule's control options.
 func newWorld(t *testing.T, ruleExtra string, mod func(*Config)) *world {
 	t.Helper()
-	src := `rules:
+	set := parseRules(t, `rules:
   - name: r
     when: event.type == "order.paid"
     account: weapp
@@ -117,21 +118,29 @@ func newWorld(t *testing.T, ruleExtra string, mod func(*Config)) *world {
       template_id: TPL
       data:
         thing1: {value: "${event.order.id}"}
-` + ruleExtra
-	set, err := rules.Parse(map[string][]byte{"r.yaml": []byte(src)}, rules.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	clock := &fakeClock{t: time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)} // 20:00 in Shanghai
+`+ruleExtra)
+	log := logrus.New()
+	log.SetLevel(logrus.PanicLevel)
+	send := &fakeSender{}
+	w := newWorldOver(t, set, time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC), send, log, mod) // 20:00 in Shanghai
+	w.send = send
+	return w
+}
+
+// newWorldOver builds a processor over set that sends through sender, logs to log and registers
+// its metrics on w.reg, with a fake clock starting at start, and one partition of the events
+// topic.
+func newWorldOver(t *testing.T, set *rules.Set, start time.Time, sender Sender, log logrus.FieldLogger, mod func(*Config)) *world {
+	t.Helper()
+	clock := &fakeClock{t: start}
 	cfg := Config{GroupID: "g", Topics: []string{"events"}, OutcomesTopic: "out",
 		DeadLetterTopic: "dlq", DelayTopic: "delayed", Now: clock.Now}
 	if mod != nil {
 		mod(&cfg)
 	}
-	log := logrus.New()
-	log.SetLevel(logrus.PanicLevel)
-	w := &world{t: t, send: &fakeSender{}, pub: &fakePublisher{}, clock: clock}
-	w.p, err = New(cfg, staticRules{set}, w.send, w.pub, nil, prometheus.NewRegistry(), log)
+	w := &world{t: t, pub: &fakePublisher{}, reg: prometheus.NewRegistry(), clock: clock}
+	var err error
+	w.p, err = New(cfg, staticRules{set}, sender, w.pub, nil, w.reg, log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -238,11 +238,27 @@ func (p *Processor) emitInLane(ev *event, note *rules.Notification, status strin
 		p.emit(ev, note, status, res)
 		return
 	}
-	n := *note // the caller's buffer is reused for the next event
-	p.sched.submit(newTask(func(t *task) {
-		p.emit(ev, &n, status, res)
-		p.sched.done(t)
-	}, laneKey))
+	o := &laneOutcome{p: p, ev: ev, note: *note, status: status, res: res}
+	o.job = o
+	o.setKeys(laneKey)
+	p.sched.submit(&o.task)
+}
+
+// laneOutcome is the scheduler task of emitInLane: like sendJob, it embeds its task, so the
+// task and its copy of the notification (the caller's buffer is reused for the next event) are
+// one allocation.
+type laneOutcome struct {
+	task
+	p      *Processor
+	ev     *event
+	note   rules.Notification
+	status string
+	res    wechat.Result
+}
+
+func (o *laneOutcome) runTask(t *task) {
+	o.p.emit(o.ev, &o.note, o.status, o.res)
+	o.p.sched.done(t)
 }
 
 // emit publishes the outcome of one notification.

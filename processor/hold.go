@@ -1,10 +1,12 @@
 package processor
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -129,14 +131,10 @@ func (h *holds) failed(j *sendJob, r wechat.Result) {
 	defer h.mu.Unlock()
 	g := h.gateLocked(j.gateKey())
 	g.lastErr = r.ErrMsg
-	switch {
-	case j.probe:
-		g.probing = false
+	if j.probe {
 		g.backoff = min(2*g.backoff, h.maxProbe)
-	case j.resumed:
-		g.resuming--
 	}
-	j.probe, j.resumed = false, false
+	h.ranLocked(g, j)
 	if !g.held {
 		g.held, g.since, g.backoff = true, h.p.cfg.Now(), h.firstProbe
 		g.metric.Set(1)
@@ -150,25 +148,13 @@ func (h *holds) failed(j *sendJob, r wechat.Result) {
 // answered notes that j's send got an answer that is not transient: a held (account, API)
 // resumes.
 func (h *holds) answered(j *sendJob) {
-	if !j.probe && !j.resumed {
-		h.mu.Lock()
-		g := h.gates[j.gateKey()]
-		held := g != nil && g.held
-		h.mu.Unlock()
-		if !held {
-			return
-		}
-	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	g := h.gateLocked(j.gateKey())
-	if j.probe {
-		g.probing = false
+	g := h.gates[j.gateKey()] // set for a probe or a resume: they were parked
+	if !j.probe && !j.resumed && (g == nil || !g.held) {
+		return
 	}
-	if j.resumed {
-		g.resuming--
-	}
-	j.probe, j.resumed = false, false
+	h.ranLocked(g, j)
 	if g.held {
 		g.held = false
 		g.metric.Set(0)
@@ -189,27 +175,33 @@ func (h *holds) released(j *sendJob) {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	g := h.gateLocked(j.gateKey())
+	g := h.gates[j.gateKey()]
+	probe := j.probe
+	h.ranLocked(g, j)
+	if probe && g.held {
+		h.probeLaterLocked(g)
+	}
+	h.resumeLocked(g)
+}
+
+// ranLocked notes that j, run again as g's probe or as one of its resumes, ended.
+func (h *holds) ranLocked(g *gate, j *sendJob) {
 	if j.probe {
 		g.probing = false
-		if g.held {
-			h.probeLaterLocked(g)
-		}
 	}
 	if j.resumed {
 		g.resuming--
 	}
 	j.probe, j.resumed = false, false
-	h.resumeLocked(g)
 }
 
 // parkLocked parks j: at the head when it is older than every parked one (it was resumed or
 // probed), else at the tail.
 func (h *holds) parkLocked(g *gate, j *sendJob, again bool) {
 	ev := j.ev
-	if ev.pt.gctx != nil && ev.pt.gctx.Err() != nil {
+	if ev.pt.revoked() {
 		// Its partition is revoked: give it up now rather than hold the drain.
-		h.finishLocked(j, func() { j.abandon() })
+		j.abandon()
 		return
 	}
 	if j.parkedAt.IsZero() {
@@ -277,9 +269,14 @@ func (h *holds) popLocked(g *gate) *sendJob {
 	j := g.queue[0]
 	g.queue[0] = nil
 	g.queue = g.queue[1:]
+	h.unparkedLocked()
+	return j
+}
+
+// unparkedLocked counts one notification taken off a queue.
+func (h *holds) unparkedLocked() {
 	h.parked--
 	h.p.metrics.notificationsHeld.Set(float64(h.parked))
-	return j
 }
 
 // sweep ends parked notifications that expired, were held for MaxHold, or whose partition was
@@ -292,12 +289,22 @@ func (h *holds) sweep() {
 		return
 	}
 	now := h.p.cfg.Now()
+	h.endParkedLocked(func(g *gate, j *sendJob) func() { return h.endOf(g, j, now) })
+	if h.parked > 0 {
+		h.sweeper = time.AfterFunc(h.sweepEvery, h.sweep)
+	}
+}
+
+// endParkedLocked takes off their queues, and ends, the parked notifications for which endOf
+// returns how they end (nil: they stay). An end releases the lanes and reports; it does not
+// call back into holds.
+func (h *holds) endParkedLocked(endOf func(g *gate, j *sendJob) func()) {
 	for _, g := range h.gates {
 		kept := g.queue[:0]
 		for _, j := range g.queue {
-			if end := h.endOf(g, j, now); end != nil {
-				h.parked--
-				h.finishLocked(j, end)
+			if end := endOf(g, j); end != nil {
+				h.unparkedLocked()
+				end()
 				continue
 			}
 			kept = append(kept, j)
@@ -305,17 +312,13 @@ func (h *holds) sweep() {
 		clear(g.queue[len(kept):])
 		g.queue = kept
 	}
-	h.p.metrics.notificationsHeld.Set(float64(h.parked))
-	if h.parked > 0 {
-		h.sweeper = time.AfterFunc(h.sweepEvery, h.sweep)
-	}
 }
 
 // endOf returns how a parked notification ends now, or nil if it stays parked.
 func (h *holds) endOf(g *gate, j *sendJob, now time.Time) func() {
 	ev, r := j.ev, j.note.Rule
 	switch {
-	case ev.pt.gctx != nil && ev.pt.gctx.Err() != nil:
+	case ev.pt.revoked():
 		return j.abandon
 	case r.ExpireAfter > 0 && !ev.time.IsZero() && now.Sub(ev.time) > r.ExpireAfter:
 		msg := fmt.Sprintf("expired: event is %s old, expire_after %s (held while %s/%s was unavailable: %s)",
@@ -333,31 +336,16 @@ func (h *holds) endOf(g *gate, j *sendJob, now time.Time) func() {
 	return nil
 }
 
-// finishLocked runs end for a notification taken off a queue. end releases the lanes and
-// reports; it does not call back into holds.
-func (h *holds) finishLocked(j *sendJob, end func()) {
-	h.p.metrics.notificationsHeld.Set(float64(h.parked))
-	end()
-}
-
 // abandonRevoked gives up, at once, the parked notifications of revoked partitions.
 func (h *holds) abandonRevoked() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for _, g := range h.gates {
-		kept := g.queue[:0]
-		for _, j := range g.queue {
-			if gctx := j.ev.pt.gctx; gctx != nil && gctx.Err() != nil {
-				h.parked--
-				h.finishLocked(j, j.abandon)
-				continue
-			}
-			kept = append(kept, j)
+	h.endParkedLocked(func(_ *gate, j *sendJob) func() {
+		if j.ev.pt.revoked() {
+			return j.abandon
 		}
-		clear(g.queue[len(kept):])
-		g.queue = kept
-	}
-	h.p.metrics.notificationsHeld.Set(float64(h.parked))
+		return nil
+	})
 }
 
 // close stops probes and sweeps and abandons whatever is still parked.
@@ -373,8 +361,8 @@ func (h *holds) close() {
 			g.timer.Stop()
 		}
 		for _, j := range g.queue {
-			h.parked--
-			h.finishLocked(j, j.abandon)
+			h.unparkedLocked()
+			j.abandon()
 		}
 		g.queue = nil
 	}
@@ -401,19 +389,7 @@ func (p *Processor) Held() []HeldAPI {
 		}
 	}
 	slices.SortFunc(out, func(a, b HeldAPI) int {
-		if a.Account != b.Account {
-			if a.Account < b.Account {
-				return -1
-			}
-			return 1
-		}
-		if a.API < b.API {
-			return -1
-		}
-		if a.API > b.API {
-			return 1
-		}
-		return 0
+		return cmp.Or(strings.Compare(a.Account, b.Account), strings.Compare(a.API, b.API))
 	})
 	return out
 }

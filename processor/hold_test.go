@@ -9,12 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/sirupsen/logrus"
 
 	"github.com/wxnotify/wxnotify/kafkaio"
-	"github.com/wxnotify/wxnotify/rules"
 	"github.com/wxnotify/wxnotify/sink/wechat"
 )
 
@@ -91,7 +89,6 @@ EXTRA
 type holdWorld struct {
 	*world
 	wx  *outage
-	reg *prometheus.Registry
 	log *syncLog
 }
 
@@ -114,33 +111,19 @@ func (l *syncLog) String() string {
 
 func newHoldWorld(t *testing.T, extra string, mod func(*Config)) *holdWorld {
 	t.Helper()
-	set, err := rules.Parse(map[string][]byte{"r.yaml": []byte(strings.Replace(twoAPIRules, "EXTRA\n", extra, 1))}, rules.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	clock := &fakeClock{t: time.Date(2026, 11, 22, 4, 0, 0, 0, time.UTC)}
-	cfg := Config{GroupID: "g", Topics: []string{"events"}, OutcomesTopic: "out", DeadLetterTopic: "dlq", DelayTopic: "delayed", Now: clock.Now}
-	if mod != nil {
-		mod(&cfg)
-	}
+	set := parseRules(t, strings.Replace(twoAPIRules, "EXTRA\n", extra, 1))
 	logs := &syncLog{}
 	log := logrus.New()
 	log.SetOutput(logs)
 	log.SetFormatter(&logrus.JSONFormatter{})
 	wx := &outage{down: map[string]bool{}}
-	reg := prometheus.NewRegistry()
-	w := &world{t: t, pub: &fakePublisher{}, clock: clock}
-	w.p, err = New(cfg, staticRules{set}, wx, w.pub, nil, reg, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.p.sendCtx = context.Background()
+	w := newWorldOver(t, set, time.Date(2026, 11, 22, 4, 0, 0, 0, time.UTC), wx, log, mod)
 	w.p.holds.firstProbe, w.p.holds.maxProbe, w.p.holds.sweepEvery = 5*time.Millisecond, 20*time.Millisecond, 5*time.Millisecond
 	gctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	w.pt = &partition{topic: "events", id: 0, tracker: newTracker(0), kp: kafkaio.NewPartition("events", 0, 0), gctx: gctx}
+	w.pt.gctx = gctx
 	t.Cleanup(func() { w.p.holds.close(); w.p.sched.close(); w.p.sched.wait() })
-	return &holdWorld{world: w, wx: wx, reg: reg, log: logs}
+	return &holdWorld{world: w, wx: wx, log: logs}
 }
 
 // feed sends n order.paid events for n users.
@@ -218,6 +201,9 @@ func TestHeldNotificationsExpireAndTimeOut(t *testing.T) {
 	w.wx.set("template.send", true)
 	w.event("old", "u1", w.clock.Now())
 	waitFor(t, "both parked", func() bool { return testutil.ToFloat64(w.p.metrics.notificationsHeld) == 2 })
+	if held := w.p.Held(); len(held) != 2 || held[0].Account != "mp" || held[1].Account != "weapp" {
+		t.Fatalf("Held() = %+v, want mp/template.send then weapp/subscribeMessage.send", held)
+	}
 	w.clock.Add(61 * time.Minute)
 	o := w.last(1)
 	if o.Rule != "sub" || o.Status != StatusExpired || !strings.HasPrefix(o.ErrMsg, "expired: event is 1h1m old, expire_after 1h (held while weapp/subscribeMessage.send was unavailable: system error rid: 1)") {
@@ -242,11 +228,12 @@ func TestAmbiguousTimeoutIsNotHeld(t *testing.T) {
 		return wechat.Result{ErrCode: -2, ErrMsg: "timeout; the message may have been sent", Attempts: 1, Class: wechat.ClassTransient, Ambiguous: true}, true
 	}
 	w.feed("t", 1)
-	outs := w.outcomes(2)
-	for _, o := range outs {
-		if o.API == "subscribeMessage.send" && o.Status != StatusFailed {
-			t.Fatalf("ambiguous send: %+v", o)
-		}
+	w.outcomes(2)
+	if got := w.outcomesByStatus(); got["subscribeMessage.send failed"] != 1 || got["template.send sent"] != 1 {
+		t.Fatalf("outcomes %v, want the ambiguous send failed", got)
+	}
+	if calls := w.wx.calls.Load(); calls != 2 {
+		t.Fatalf("%d calls, want 2: an ambiguous timeout is not probed again", calls)
 	}
 	if held := w.p.Held(); len(held) != 0 {
 		t.Fatalf("held after an ambiguous timeout: %+v", held)

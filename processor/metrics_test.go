@@ -128,19 +128,13 @@ func TestSeriesExistAtZeroBeforeTheFirstEvent(t *testing.T) {
 // class, a rejected one (no call made) with class none.
 func TestOutcomesAreCountedByStatusAndClass(t *testing.T) {
 	w := newWorld(t, "", nil)
-	reg := prometheus.NewRegistry()
-	p, err := New(w.p.cfg, w.p.rules, w.send, w.pub, nil, reg, w.p.log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.sendCtx, w.p = w.p.sendCtx, p
 	w.send.fail = func(r wechat.Request) bool { return r.ToUser == "refuses" }
 	w.event("e1", "u1", time.Time{})
 	w.event("e2", "refuses", time.Time{})
-	p.budget <- struct{}{}
-	p.handle(w.pt, &kafkaio.Message{Offset: w.offset, Value: []byte(`{"event_id":"e3","type":"order.paid","order":{"id":"o"}}`)}) // no user: rejected
+	w.p.budget <- struct{}{}
+	w.p.handle(w.pt, &kafkaio.Message{Offset: w.offset, Value: []byte(`{"event_id":"e3","type":"order.paid","order":{"id":"o"}}`)}) // no user: rejected
 	w.outcomes(3)
-	got := series(t, reg)
+	got := series(t, w.reg)
 	for s, v := range map[string]float64{
 		`wxnotify_notifications_total{api="subscribeMessage.send",rule="r",status="sent"}`:       1,
 		`wxnotify_notifications_total{api="subscribeMessage.send",rule="r",status="failed"}`:     1,

@@ -311,6 +311,10 @@ type partition struct {
 	label         string               // the partition id as a metric label
 }
 
+// revoked reports whether the partition's generation ended: its work is handed back, not
+// finished.
+func (pt *partition) revoked() bool { return pt.gctx.Err() != nil }
+
 // countConsumed counts one fetched record; it runs on the partition's fetch goroutine.
 func (pt *partition) countConsumed(m *metrics) {
 	if pt.consumed == nil {

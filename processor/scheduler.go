@@ -55,14 +55,9 @@ type task struct {
 	job     job
 }
 
-// job is the work of a task. The processor's send job embeds its task, so a notification's
-// task, closure and copy of the notification are one allocation.
+// job is the work of a task. The processor's jobs (sendJob, laneOutcome) embed their task, so
+// a notification's task, closure and copy of the notification are one allocation.
 type job interface{ runTask(t *task) }
-
-// jobFunc adapts a function to job.
-type jobFunc func(*task)
-
-func (f jobFunc) runTask(t *task) { f(t) }
 
 func newScheduler() *scheduler {
 	return &scheduler{lanes: make(map[string]*lane), ready: make(chan *task), idle: workerIdle, quit: make(chan struct{})}
@@ -168,13 +163,6 @@ func (s *scheduler) done(t *task) {
 	}
 }
 
-// pending returns how many keys have a lane (tests, metrics).
-func (s *scheduler) pending() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.lanes)
-}
-
 func (s *scheduler) newLane() *lane {
 	if n := len(s.free); n > 0 {
 		l := s.free[n-1]
@@ -190,13 +178,6 @@ func (s *scheduler) freeLane(l *lane) {
 	}
 	l.tasks, l.head = l.tasks[:0], 0
 	s.free = append(s.free, l)
-}
-
-// newTask builds a task over the non-empty keys given.
-func newTask(run func(*task), keys ...string) *task {
-	t := &task{job: jobFunc(run)}
-	t.setKeys(keys...)
-	return t
 }
 
 // setKeys sets the task's keys: the non-empty ones given, each once.

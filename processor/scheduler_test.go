@@ -9,6 +9,25 @@ import (
 	"time"
 )
 
+// pending returns how many keys have a lane.
+func (s *scheduler) pending() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.lanes)
+}
+
+// jobFunc adapts a function to job.
+type jobFunc func(*task)
+
+func (f jobFunc) runTask(t *task) { f(t) }
+
+// newTask builds a task over the non-empty keys given.
+func newTask(run func(*task), keys ...string) *task {
+	t := &task{job: jobFunc(run)}
+	t.setKeys(keys...)
+	return t
+}
+
 // TestSchedulerKeyOrderAndExclusion submits many tasks over few keys from several submitters and
 // checks what the processor relies on: per key, tasks run one at a time and in submission order,
 // unrelated keys run concurrently, and every task runs.

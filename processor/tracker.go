@@ -87,7 +87,7 @@ func (t *tracker) bitLocked(offset int64) (int, uint64) {
 	return w, 1 << uint(i&63)
 }
 
-// has reports whether offset is added and unfinished, with its word and bit.
+// hasLocked reports whether offset is added and unfinished, with its word and bit.
 func (t *tracker) hasLocked(offset int64) (int, uint64, bool) {
 	if offset < t.base || t.head == len(t.words) {
 		return 0, 0, false
@@ -187,13 +187,6 @@ func (t *tracker) commitPointLocked() int64 {
 		return t.base + int64(bits.TrailingZeros64(t.words[t.head]))
 	}
 	return t.next
-}
-
-// commitPoint returns the offset to commit: every offset below it is finished.
-func (t *tracker) commitPoint() int64 {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.commitPointLocked()
 }
 
 // span returns how many offsets lie between the commit point and the last offset seen.

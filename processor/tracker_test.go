@@ -1,10 +1,21 @@
 package processor
 
 import (
+	"encoding/base64"
+	"encoding/binary"
+	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"testing"
 )
+
+// commitPoint returns the offset to commit: every offset below it is finished.
+func (t *tracker) commitPoint() int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.commitPointLocked()
+}
 
 func TestTrackerCommitPointNeverPassesUnfinished(t *testing.T) {
 	tr := newTracker(-2)
@@ -296,28 +307,53 @@ func TestRestoredFinishedCarriesOver(t *testing.T) {
 	}
 }
 
+// Metadata committed with another offset, or ours but damaged, is refused with an error saying
+// why, and restores nothing (everything is redone); metadata not ours (another tool's) is
+// ignored without an error. Ours, intact, restores exactly its finished offsets.
 func TestDecodeFinishedRefusesForeignOrMismatched(t *testing.T) {
 	tr := newTracker(7)
 	tr.add(7)
 	tr.add(8).finish()
 	_, meta := tr.state(defaultMetaBudget)
+	// ours builds metadata of kind from uvarints and raw bytes.
+	ours := func(kind byte, raw []byte, vals ...uint64) string {
+		var b []byte
+		for _, v := range vals {
+			b = binary.AppendUvarint(b, v)
+		}
+		return metaPrefix + string(kind) + ":" + base64.RawURLEncoding.EncodeToString(append(b, raw...))
+	}
 	for _, tc := range []struct {
 		committed int64
 		meta      string
-		wantErr   bool
+		wantErr   string
+		finished  []int64 // restored as finished; every other offset is redone
 	}{
-		{7, meta, false},
-		{8, meta, true},             // another offset was committed with this metadata
-		{7, "", false},              // nothing recorded
-		{7, "kcat was here", false}, // someone else's metadata: ignored
-		{7, "wxn1r:!!!", true},      // ours, damaged
+		{7, meta, "", []int64{8}},
+		{7, ours('b', []byte{0b10}, 7, 2), "", []int64{8}},
+		{8, meta, "commit metadata describes offset 7, but 8 is committed", nil},
+		{7, "", "", nil},              // nothing recorded
+		{7, "kcat was here", "", nil}, // someone else's metadata: ignored
+		{7, "wxn1r:!!!", "commit metadata: illegal base64 data at input byte 0", nil},
+		{7, ours('r', nil), "commit metadata: bad offset", nil},
+		{7, ours('r', nil, 7), "commit metadata: bad length", nil},
+		{7, ours('r', nil, 7, 1<<41), "commit metadata: bad length", nil},
+		{7, ours('r', nil, 7, 2, 5), "commit metadata: bad run", nil},
+		{7, ours('r', nil, 7, 4, 1, 1), "commit metadata: runs do not cover their length", nil},
+		{7, ours('b', []byte{0xff}, 7, 16), "commit metadata: bitset shorter than its length", nil},
+		{7, ours('x', nil, 7, 1), "commit metadata: unknown kind 'x'", nil},
 	} {
 		fs, err := decodeFinished(tc.committed, tc.meta)
-		if (err != nil) != tc.wantErr {
-			t.Errorf("decode(%d, %q): err %v, want error %v", tc.committed, tc.meta, err, tc.wantErr)
+		if gotErr := fmt.Sprint(err); (err != nil || tc.wantErr != "") && gotErr != tc.wantErr {
+			t.Errorf("decode(%d, %q): err %v, want %q", tc.committed, tc.meta, err, tc.wantErr)
 		}
 		if err != nil && len(fs.ranges) != 0 {
 			t.Errorf("decode(%d, %q) restored %v with an error", tc.committed, tc.meta, fs.ranges)
+		}
+		for o := tc.committed; o < tc.committed+20; o++ {
+			if want := slices.Contains(tc.finished, o); fs.contains(o) != want {
+				t.Errorf("decode(%d, %q): offset %d finished = %v, want %v", tc.committed, tc.meta, o, fs.contains(o), want)
+			}
 		}
 	}
 }
