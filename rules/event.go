@@ -141,18 +141,11 @@ func scanString(data []byte, i int) (end, bad int, lone bool) {
 			return i + 1, -1, false
 		case c == '\\':
 			if i+1 < len(data) && data[i+1] == 'u' {
-				r := hex4(data[i+2:])
-				if utf16.IsSurrogate(r) {
-					r2 := rune(-1)
-					if i+7 < len(data) && data[i+6] == '\\' && data[i+7] == 'u' {
-						r2 = hex4(data[i+8:])
-					}
-					if utf16.DecodeRune(r, r2) == utf8.RuneError {
-						return 0, i, true
-					}
-					i += 6
+				_, size, ok := uEscape(data, i) // data is valid JSON: only a surrogate fails
+				if !ok {
+					return 0, i, true
 				}
-				i += 6
+				i += size
 				continue
 			}
 			i += 2
@@ -507,22 +500,12 @@ func (d *fastDecoder) string() (string, bool) {
 		case 't':
 			b = append(b, '\t')
 		case 'u':
-			r := hex4(d.data[i+2:])
-			if r < 0 {
+			r, size, ok := uEscape(d.data, i)
+			if !ok {
 				return "", false
 			}
-			if utf16.IsSurrogate(r) {
-				r2 := rune(-1)
-				if i+7 < len(d.data) && d.data[i+6] == '\\' && d.data[i+7] == 'u' {
-					r2 = hex4(d.data[i+8:])
-				}
-				if r = utf16.DecodeRune(r, r2); r == utf8.RuneError {
-					return "", false
-				}
-				i += 6
-			}
 			b = utf8.AppendRune(b, r)
-			i += 6
+			i += size
 			continue
 		default:
 			return "", false
@@ -564,6 +547,28 @@ func (d *fastDecoder) key() (string, bool) {
 var internedKeys [512]atomic.Pointer[string]
 
 const maxInternedKey = 32
+
+// uEscape decodes the \u escape at data[i] (its backslash) and, for a high surrogate, the \u
+// escape of the low one that must follow: the rune and the bytes read (6, or 12 for a pair). ok
+// is false for bad hex digits and for a surrogate that is not half of a pair, which has no UTF-8
+// form (encoding/json decodes it as U+FFFD). data[i+1] must be the u. decodeFast and checkUTF8
+// share it, so the two agree on which escapes are bad.
+func uEscape(data []byte, i int) (r rune, size int, ok bool) {
+	if r = hex4(data[i+2:]); r < 0 {
+		return 0, 0, false
+	}
+	if !utf16.IsSurrogate(r) {
+		return r, 6, true
+	}
+	r2 := rune(-1)
+	if i+7 < len(data) && data[i+6] == '\\' && data[i+7] == 'u' {
+		r2 = hex4(data[i+8:])
+	}
+	if r = utf16.DecodeRune(r, r2); r == utf8.RuneError {
+		return 0, 0, false
+	}
+	return r, 12, true
+}
 
 // hex4 reads the 4 hex digits of a \u escape, or returns -1.
 func hex4(s []byte) rune {

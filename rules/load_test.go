@@ -280,7 +280,7 @@ r.yaml:9:13: rule "r1": message.lang: "fr" is not one of zh_CN, en_US, zh_HK, zh
 r.yaml:9:20: rule "r1": message.miniprogram: want a mapping, got string "wxapp"`,
 		},
 		{
-			name: "bad durations and bools",
+			name: "bad durations, bools and on_daily_quota",
 			yaml: `rules:
   - name: r1
     when: "true"
@@ -291,12 +291,14 @@ r.yaml:9:20: rule "r1": message.miniprogram: want a mapping, got string "wxapp"`
     dry_run: yes
     dedupe: {key: event.order.id, window: -1h}
     throttle: {max: 0, per: 1h, burst: 3}
+    on_daily_quota: retry
 `,
 			want: `r.yaml:7:19: rule "r1": expire_after: invalid duration "10 mins" (want a Go duration like 90s, 15m or 2h)
 r.yaml:8:14: rule "r1": dry_run: want true or false, got string "yes"
 r.yaml:9:43: rule "r1": dedupe.window: duration "-1h" must be positive
 r.yaml:10:21: rule "r1": throttle.max: want a positive integer, got number 0 (quote it: "0")
-r.yaml:10:33: rule "r1": throttle.burst: unknown field (known: max, per, key)`,
+r.yaml:10:33: rule "r1": throttle.burst: unknown field (known: max, per, key)
+r.yaml:11:21: rule "r1": on_daily_quota: "retry" is not fail or delay`,
 		},
 		{
 			name: "dedupe needs key and window; bad key expression",
@@ -338,18 +340,6 @@ r.yaml:8:50: rule "r1": throttle.key: expected name`,
 r.yaml:7:40: rule "r1": quiet_hours.end: invalid time of day "8:00" (want HH:MM, 00:00 to 23:59)
 r.yaml:7:54: rule "r1": quiet_hours.zone: unknown time zone "Mars/Olympus" (want an IANA name like Asia/Shanghai)
 r.yaml:7:76: rule "r1": quiet_hours.action: want skip or delay, got "drop"`,
-		},
-		{
-			name: "bad on_daily_quota",
-			yaml: `rules:
-  - name: r1
-    when: "true"
-    account: weapp
-    api: template.send
-    message: {touser: a, template_id: b, data: {}}
-    on_daily_quota: retry
-`,
-			want: `r.yaml:7:21: rule "r1": on_daily_quota: "retry" is not fail or delay`,
 		},
 		{
 			name: "quiet_hours equal ends and missing action",
@@ -587,13 +577,22 @@ func TestRuleOptions(t *testing.T) {
     dedupe: {key: "order-${event.order.id}", window: 24h}
     throttle: {max: 5, per: 1h}
     quiet_hours: {start: "22:00", end: "08:00", action: delay}
+    on_daily_quota: delay
 `)}, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	r := s.Rules[0]
-	if !r.RetryOnTimeout || !r.Truncate || !r.DryRun || r.ExpireAfter != 30*time.Minute || r.Description != "every optional field" {
+	if !r.RetryOnTimeout || !r.Truncate || !r.DryRun || r.ExpireAfter != 30*time.Minute || r.Description != "every optional field" ||
+		r.OnDailyQuota != DailyQuotaDelay {
 		t.Errorf("flags: %+v", r)
+	}
+	d, err := Parse(map[string][]byte{"r.yaml": []byte("rules:" + validRule)}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := d.Rules[0].OnDailyQuota; got != DailyQuotaFail {
+		t.Errorf("on_daily_quota left out: %q, want %q", got, DailyQuotaFail)
 	}
 	if r.Dedupe == nil || r.Dedupe.Key != "order-${event.order.id}" || r.Dedupe.Window != 24*time.Hour {
 		t.Errorf("dedupe: %+v", r.Dedupe)

@@ -677,6 +677,28 @@ func TestTimeoutBeforeTheRequestWentOutIsRetried(t *testing.T) {
 	}
 }
 
+// A send cancelled while it waits for a free connection was not sent: it says so, not "may have
+// been sent".
+func TestCancelBeforeTheRequestWentOut(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.Timeout = 5 * time.Second; c.MaxConns = 1 })
+	if err := e.c.CheckTokens(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if e.c.fast == nil {
+		t.Fatal("no poster: the test needs the client's own connection pool")
+	}
+	e.c.fast.slots <- struct{}{} // the only connection is busy for the whole send
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(50*time.Millisecond, cancel)
+	r := e.c.Send(ctx, subscribe("weapp"))
+	if r.Class != ClassTransient || r.Ambiguous || r.Attempts != 1 || r.ErrMsg != "not sent: context canceled" {
+		t.Fatalf("Send = %+v; want one attempt, not sent", r)
+	}
+	if got := e.f.sendHits.Load(); got != 0 {
+		t.Fatalf("WeChat saw %d sends, want 0", got)
+	}
+}
+
 // A probe's MaxAttempts bounds the attempts below the policy's: one call, then the transient
 // answer, without the backoff.
 func TestRequestMaxAttempts(t *testing.T) {
