@@ -11,6 +11,7 @@ import (
 	"github.com/wxnotify/wxnotify/kafkaio"
 	"github.com/wxnotify/wxnotify/rules"
 	"github.com/wxnotify/wxnotify/sink/wechat"
+	"github.com/wxnotify/wxnotify/sink/wxapi"
 )
 
 // Delayed delivery (quiet_hours with action delay).
@@ -179,7 +180,7 @@ func (p *Processor) releaseDelayed(ev *event) {
 // Beijing time, unless its expire_after ends first (then it is expired now).
 func (p *Processor) delayForQuota(ev *event, note *rules.Notification, res wechat.Result) {
 	now := p.cfg.Now()
-	reset := nextBeijingMidnight(now)
+	reset := wxapi.NextDailyReset(now)
 	if r := note.Rule; r.ExpireAfter > 0 && !ev.time.IsZero() && !ev.time.Add(r.ExpireAfter).After(reset) {
 		p.emit(ev, note, StatusExpired, wechat.Result{ErrCode: res.ErrCode, Class: res.Class, Attempts: res.Attempts,
 			ErrMsg: fmt.Sprintf("expired: the daily quota is exhausted until %s and expire_after %s ends first (WeChat said: %s)",
@@ -187,12 +188,4 @@ func (p *Processor) delayForQuota(ev *event, note *rules.Notification, res wecha
 		return
 	}
 	p.delay(ev, note, reset, "daily quota exhausted (on_daily_quota: delay): "+res.ErrMsg)
-}
-
-// beijing is China Standard Time, when WeChat's daily quotas reset (sink/wechat assumes the same).
-var beijing = time.FixedZone("Asia/Shanghai", 8*3600)
-
-func nextBeijingMidnight(now time.Time) time.Time {
-	t := now.In(beijing)
-	return time.Date(t.Year(), t.Month(), t.Day()+1, 0, 0, 0, 0, beijing)
 }

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/wxnotify/wxnotify/sink/wxapi"
 )
 
 func metric(t *testing.T, e *env, name string, labels map[string]string) float64 {
@@ -475,7 +477,7 @@ func TestDailyQuota(t *testing.T) {
 	if n := e.logs.count(`"level":"error"`, "daily quota exhausted", `"api":"subscribeMessage.send"`); n != 1 {
 		t.Errorf("%d error lines for the daily stop, want 1", n)
 	}
-	e.clock.Set(time.Date(2025, 3, 10, 23, 59, 59, 0, beijing))
+	e.clock.Set(time.Date(2025, 3, 10, 23, 59, 59, 0, wxapi.Beijing))
 	if r := e.c.Send(ctx, subscribe("weapp")); r.Attempts != 0 || r.Class != ClassQuota {
 		t.Fatalf("23:59:59 Send = %+v", r)
 	}
@@ -535,7 +537,7 @@ func TestMinuteQuotaWaitIsCtxAware(t *testing.T) {
 
 func TestMinuteQuotaPastDeadline(t *testing.T) {
 	e := newEnv(t, nil) // Deadline 30s
-	e.clock.Set(time.Date(2025, 3, 10, 10, 0, 5, 0, beijing))
+	e.clock.Set(time.Date(2025, 3, 10, 10, 0, 5, 0, wxapi.Beijing))
 	e.f.answers(45011)
 	r := e.c.Send(context.Background(), subscribe("weapp"))
 	if r.Class != ClassQuota || r.ErrCode != 45011 || r.Attempts != 1 || !strings.Contains(r.ErrMsg, "after the retry deadline") {

@@ -283,7 +283,7 @@ type env struct {
 }
 
 // t0 is 2025-03-10 10:00:30 Beijing time.
-var t0 = time.Date(2025, 3, 10, 10, 0, 30, 0, beijing)
+var t0 = time.Date(2025, 3, 10, 10, 0, 30, 0, wxapi.Beijing)
 
 // newEnv builds a client against a fresh fakeWX with two accounts: weapp (stable) and oa
 // (classic), a fake clock, a fresh registry, debug logs captured, and deterministic jitter

@@ -14,16 +14,6 @@ import (
 	"github.com/wxnotify/wxnotify/sink/wxapi"
 )
 
-// beijing is China Standard Time. WeChat's daily quotas reset "the next day"; we assume 00:00
-// UTC+8 (docs/wechat-api.md section C, unverified). A fixed zone: China has no DST, and it
-// spares the binary a tzdata dependency.
-var beijing = time.FixedZone("Asia/Shanghai", 8*3600)
-
-func nextBeijingMidnight(now time.Time) time.Time {
-	t := now.In(beijing)
-	return time.Date(t.Year(), t.Month(), t.Day()+1, 0, 0, 0, 0, beijing)
-}
-
 // pause is a quota stop of one (account, API): until when, and WeChat's errmsg that caused it.
 type pause struct {
 	until time.Time
@@ -61,7 +51,7 @@ func (c *Client) dailyStopped(st *apiState, now time.Time, attempts int) (Result
 }
 
 func (c *Client) stopDaily(st *apiState, msg string) {
-	p := &pause{until: nextBeijingMidnight(c.now()), msg: msg}
+	p := &pause{until: wxapi.NextDailyReset(c.now()), msg: msg}
 	if !setPause(&st.dailyUntil, p) {
 		return
 	}
