@@ -12,6 +12,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/wxnotify/wxnotify/cmd/internal/eventgen"
 	"github.com/wxnotify/wxnotify/sink/wechatsim"
 )
 
@@ -108,7 +109,7 @@ func TestCheckerDefinitions(t *testing.T) {
 		{id: "e-0", key: []byte("u1"), partition: 3, offset: 0},
 		{id: "e-1", key: []byte("u1"), partition: 3, offset: 1},
 		{id: "e-2", key: []byte("u2"), partition: 5, offset: 0},
-		{id: "e-3", key: []byte("u3"), partition: 5, offset: 1, malformed: invalidUTF8},
+		{id: "e-3", key: []byte("u3"), partition: 5, offset: 1, malformed: eventgen.InvalidUTF8},
 	}
 	led := newLedger(evs, [][]*ruleInfo{{paid}, {paid}, {shipped}, nil})
 	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)

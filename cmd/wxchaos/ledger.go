@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/wxnotify/wxnotify/cmd/internal/eventgen"
 )
 
 // sentinel starts every secret of the chaos world: the app secrets, and (through the
@@ -69,7 +71,7 @@ func newLedger(evs []event, expect [][]*ruleInfo) *ledger {
 
 // find returns the index of the expected notification (event id, rule), or -1.
 func (l *ledger) find(id, rule string) int {
-	i := eventIndex(id)
+	i := eventgen.Index(id)
 	if i < 0 || i >= len(l.evs) {
 		return -1
 	}
@@ -116,7 +118,7 @@ func (l *ledger) record(r *kgo.Record, at time.Time) {
 	}
 	k := l.find(o.EventID, o.Rule)
 	if k < 0 {
-		if i := eventIndex(o.EventID); i >= 0 && i < len(l.evs) && l.evs[i].malformed != "" {
+		if i := eventgen.Index(o.EventID); i >= 0 && i < len(l.evs) && l.evs[i].malformed != "" {
 			l.malformedOutcomes[int32(i)] = true
 		} else {
 			l.foreignOutcomes++
@@ -152,7 +154,7 @@ func (l *ledger) record(r *kgo.Record, at time.Time) {
 func (l *ledger) deadLetter(r *kgo.Record) {
 	for _, h := range r.Headers {
 		if h.Key == eventHeader {
-			if i := eventIndex(string(h.Value)); i >= 0 && i < len(l.evs) {
+			if i := eventgen.Index(string(h.Value)); i >= 0 && i < len(l.evs) {
 				l.deadLettered[i]++
 				return
 			}
