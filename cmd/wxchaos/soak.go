@@ -117,7 +117,7 @@ func (t *soakTally) record(r *kgo.Record, _ time.Time) {
 
 // soak produces at o.rate for o.duration into one processor member, injects a fault every
 // o.every, samples the member every o.sample, then waits for the outcomes and reports whether
-// memory and goroutines stayed within o.flat of the first sample after warm-up.
+// memory and goroutines stayed flat after warm-up (judgeFlat, within o.flat).
 func soak(ctx context.Context, p params, o soakOptions, seed uint64, dir string, stdout, stderr io.Writer) int {
 	if p.Latency == 0 {
 		p.Latency = 50 * time.Millisecond
