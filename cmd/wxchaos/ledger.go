@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strings"
 	"sync"
 	"time"
 
@@ -100,11 +101,7 @@ func (l *ledger) record(r *kgo.Record, at time.Time) {
 	if r.Topic == deadLetters {
 		source = "dead letters"
 	}
-	n := bytes.Count(r.Key, []byte(sentinel)) + bytes.Count(r.Value, []byte(sentinel))
-	for _, h := range r.Headers {
-		n += bytes.Count([]byte(h.Key), []byte(sentinel)) + bytes.Count(h.Value, []byte(sentinel))
-	}
-	if n > 0 {
+	if n := sentinels(r); n > 0 {
 		l.secrets[source] += n
 	}
 	if r.Topic == deadLetters {
@@ -149,6 +146,15 @@ func (l *ledger) record(r *kgo.Record, at time.Time) {
 	if l.pending == 0 {
 		close(l.allDone)
 	}
+}
+
+// sentinels counts the sentinel in r's key, value and headers.
+func sentinels(r *kgo.Record) int {
+	n := bytes.Count(r.Key, []byte(sentinel)) + bytes.Count(r.Value, []byte(sentinel))
+	for _, h := range r.Headers {
+		n += strings.Count(h.Key, sentinel) + bytes.Count(h.Value, []byte(sentinel))
+	}
+	return n
 }
 
 func (l *ledger) deadLetter(r *kgo.Record) {

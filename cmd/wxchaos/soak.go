@@ -87,7 +87,7 @@ func (t *soakTally) waitOutcomes(ctx context.Context, want int) error {
 func (t *soakTally) record(r *kgo.Record, _ time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.secrets += bytes.Count(r.Value, []byte(sentinel)) + bytes.Count(r.Key, []byte(sentinel))
+	t.secrets += sentinels(r)
 	if r.Topic == deadLetters {
 		t.deadLetters++
 		return
