@@ -16,6 +16,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/wxnotify/wxnotify/cmd/internal/app"
+	"github.com/wxnotify/wxnotify/cmd/internal/eventgen"
 	"github.com/wxnotify/wxnotify/rules"
 	"github.com/wxnotify/wxnotify/sink/wechatsim"
 )
@@ -146,7 +147,7 @@ func bench(ctx context.Context, o options, stdout, stderr io.Writer) (*report, e
 
 	prod := newProducer(broker, eventsTopic)
 	defer prod.Close()
-	gen := newGenerator(o.users, o.seed)
+	gen := eventgen.New(o.users, 0, o.seed)
 	if o.mode == "backlog" {
 		t0 := time.Now()
 		if err := produceBacklog(ctx, prod, gen, n, t); err != nil {
@@ -325,10 +326,10 @@ func expectFromRules(pc procConfig, t *tally, n int, o options) error {
 	if err != nil {
 		return err
 	}
-	g := newGenerator(o.users, o.seed)
+	g := eventgen.New(o.users, 0, o.seed)
 	var dst []rules.Notification
 	for i := range n {
-		m := g.event(i)
+		m := message(g, i)
 		ev, err := rules.DecodeEvent(m.Value)
 		if err != nil {
 			return err

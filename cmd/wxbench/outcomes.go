@@ -13,6 +13,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 	"github.com/wxnotify/wxnotify/cmd/internal/app"
+	"github.com/wxnotify/wxnotify/cmd/internal/eventgen"
 )
 
 // tally is what the bench knows per event: when it was produced, how many outcomes came back and
@@ -79,8 +80,8 @@ func (t *tally) observe(value []byte, at int64) {
 		t.notSent.Add(1)
 	}
 	id := field(value, eventIDField)
-	i, err := strconv.Atoi(string(bytes.TrimPrefix(id, []byte(eventIDPrefix))))
-	if err != nil || !bytes.HasPrefix(id, []byte(eventIDPrefix)) || i < 0 || i >= len(t.count) {
+	i, err := strconv.Atoi(string(bytes.TrimPrefix(id, []byte(eventgen.IDPrefix))))
+	if err != nil || !bytes.HasPrefix(id, []byte(eventgen.IDPrefix)) || i < 0 || i >= len(t.count) {
 		t.foreign.Add(1)
 		return
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/wxnotify/wxnotify/cmd/internal/eventgen"
 	"github.com/wxnotify/wxnotify/sink/wechatsim"
 )
 
@@ -108,7 +109,7 @@ func TestCheckerDefinitions(t *testing.T) {
 		{id: "e-0", key: []byte("u1"), partition: 3, offset: 0},
 		{id: "e-1", key: []byte("u1"), partition: 3, offset: 1},
 		{id: "e-2", key: []byte("u2"), partition: 5, offset: 0},
-		{id: "e-3", key: []byte("u3"), partition: 5, offset: 1, malformed: invalidUTF8},
+		{id: "e-3", key: []byte("u3"), partition: 5, offset: 1, malformed: eventgen.InvalidUTF8},
 	}
 	led := newLedger(evs, [][]*ruleInfo{{paid}, {paid}, {shipped}, nil})
 	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
@@ -221,5 +222,45 @@ func TestJudgeFlat(t *testing.T) {
 	}
 	if v, flat := judgeFlat(at(100, 123, 125, 124, 140, 150, 166, 165, 166, 167), 10*time.Second, 0.1, g); flat {
 		t.Errorf("a rise in steps judged flat: %s", v)
+	}
+}
+
+// A per-fault target holds at its bound plus the margin and misses one past it; the crash bound
+// of the run is max_in_flight x (1 + commit_interval / latency).
+func TestPerFaultBound(t *testing.T) {
+	p := fullParams()
+	p.Latency = slowCalls
+	if got := p.resendBound(); got != 1024+410 {
+		t.Fatalf("resendBound = %d, want 1434 (1024 + 1024 x 200ms / 500ms)", got)
+	}
+	limit := bounded(p.resendBound())
+	for _, c := range []struct {
+		resent int
+		miss   bool
+	}{{limit, false}, {limit + 1, true}} {
+		res := &result{PerFault: []faultResends{{Kind: "kill -9", At: "3.0s", Resent: c.resent}}}
+		if m := perFaultBound((params).resendBound)(p, res); (len(m) > 0) != c.miss {
+			t.Errorf("%d re-sent against a limit of %d: misses %q", c.resent, limit, m)
+		}
+	}
+}
+
+// Dead letters are a miss in a run without malformed records, and every malformed record must
+// have one.
+func TestDeadLetterTargets(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		res  result
+		miss func(params, *result) []string
+		want int
+	}{
+		{"dead letter without malformed records", result{ForeignDLQ: 1}, noFailedMisses, 1},
+		{"every malformed record dead-lettered", result{malformed: true, Malformed: 3, DeadLettered: 3}, malformedMisses, 0},
+		{"one malformed record not dead-lettered", result{malformed: true, Malformed: 3, DeadLettered: 2}, malformedMisses, 1},
+		{"a malformed record sent", result{malformed: true, Malformed: 3, DeadLettered: 3, MalformedSent: 1}, malformedMisses, 1},
+	} {
+		if m := c.miss(fullParams(), &c.res); len(m) != c.want {
+			t.Errorf("%s: misses %q, want %d", c.name, m, c.want)
+		}
 	}
 }

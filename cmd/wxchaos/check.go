@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/wxnotify/wxnotify/cmd/internal/eventgen"
 	"github.com/wxnotify/wxnotify/sink/wechatsim"
 )
 
@@ -124,7 +125,7 @@ func check(led *ledger, dels []wechatsim.Delivery, faults []fault, t0 time.Time)
 		id, rule := marker(d.Body)
 		n := led.find(id, rule)
 		if n < 0 {
-			if i := eventIndex(id); i >= 0 && i < len(led.evs) && led.evs[i].malformed != "" {
+			if i := eventgen.Index(id); i >= 0 && i < len(led.evs) && led.evs[i].malformed != "" {
 				malformedSent[int32(i)] = true
 			} else {
 				res.ForeignDeliveries++

@@ -20,7 +20,6 @@ type member struct {
 	pid     int
 	ops     string // host:port of its /metrics and /readyz
 	logPath string
-	started time.Time
 	cmd     *exec.Cmd
 	done    chan struct{} // closed once the process has exited and its log is closed
 	exitErr error         // valid after done
@@ -77,7 +76,7 @@ func (f *fleet) start(slot int) (*member, error) {
 		log.Close()
 		return nil, fmt.Errorf("start member %d: %w", slot, err)
 	}
-	m.cmd, m.pid, m.started = cmd, cmd.Process.Pid, time.Now()
+	m.cmd, m.pid = cmd, cmd.Process.Pid
 	f.mu.Lock()
 	f.live[m] = struct{}{}
 	f.logs = append(f.logs, m.logPath)

@@ -5,10 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/wxnotify/wxnotify/cmd/internal/eventgen"
 )
 
 // sentinel starts every secret of the chaos world: the app secrets, and (through the
@@ -69,7 +72,7 @@ func newLedger(evs []event, expect [][]*ruleInfo) *ledger {
 
 // find returns the index of the expected notification (event id, rule), or -1.
 func (l *ledger) find(id, rule string) int {
-	i := eventIndex(id)
+	i := eventgen.Index(id)
 	if i < 0 || i >= len(l.evs) {
 		return -1
 	}
@@ -98,11 +101,7 @@ func (l *ledger) record(r *kgo.Record, at time.Time) {
 	if r.Topic == deadLetters {
 		source = "dead letters"
 	}
-	n := bytes.Count(r.Key, []byte(sentinel)) + bytes.Count(r.Value, []byte(sentinel))
-	for _, h := range r.Headers {
-		n += bytes.Count([]byte(h.Key), []byte(sentinel)) + bytes.Count(h.Value, []byte(sentinel))
-	}
-	if n > 0 {
+	if n := sentinels(r); n > 0 {
 		l.secrets[source] += n
 	}
 	if r.Topic == deadLetters {
@@ -116,7 +115,7 @@ func (l *ledger) record(r *kgo.Record, at time.Time) {
 	}
 	k := l.find(o.EventID, o.Rule)
 	if k < 0 {
-		if i := eventIndex(o.EventID); i >= 0 && i < len(l.evs) && l.evs[i].malformed != "" {
+		if i := eventgen.Index(o.EventID); i >= 0 && i < len(l.evs) && l.evs[i].malformed != "" {
 			l.malformedOutcomes[int32(i)] = true
 		} else {
 			l.foreignOutcomes++
@@ -149,10 +148,19 @@ func (l *ledger) record(r *kgo.Record, at time.Time) {
 	}
 }
 
+// sentinels counts the sentinel in r's key, value and headers.
+func sentinels(r *kgo.Record) int {
+	n := bytes.Count(r.Key, []byte(sentinel)) + bytes.Count(r.Value, []byte(sentinel))
+	for _, h := range r.Headers {
+		n += strings.Count(h.Key, sentinel) + bytes.Count(h.Value, []byte(sentinel))
+	}
+	return n
+}
+
 func (l *ledger) deadLetter(r *kgo.Record) {
 	for _, h := range r.Headers {
 		if h.Key == eventHeader {
-			if i := eventIndex(string(h.Value)); i >= 0 && i < len(l.evs) {
+			if i := eventgen.Index(string(h.Value)); i >= 0 && i < len(l.evs) {
 				l.deadLettered[i]++
 				return
 			}

@@ -42,7 +42,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	p.flags(fs)
 	names := fs.String("scenario", "all", "scenarios to run, comma-separated, or all")
 	seed := fs.Uint64("seed", 0, "seed of events and fault plans (0 = random, printed)")
-	dir := fs.String("dir", "", "keep broker data and member logs under DIR/SCENARIO, emptied first (default: a temporary directory, removed)")
+	dir := fs.String("dir", "", "keep broker data and member logs under DIR/SCENARIO (DIR/soak for -soak), emptied first (default: a temporary directory, removed)")
 	list := fs.Bool("list", false, "list the scenarios and exit")
 	var so soakOptions
 	so.flags(fs)
@@ -94,7 +94,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		base = tmp
 	}
 	if so.duration > 0 {
-		return soak(ctx, p, so, *seed, base, stdout, stderr)
+		sdir := filepath.Join(base, "soak")
+		if err := os.RemoveAll(sdir); err != nil { // a previous soak's broker data would be read back
+			fmt.Fprintf(stderr, "wxchaos: %v\n", err)
+			return 1
+		}
+		return soak(ctx, p, so, *seed, sdir, stdout, stderr)
 	}
 
 	var results []*result

@@ -27,8 +27,8 @@ type params struct {
 	RebalanceTimeout  time.Duration // kafka.rebalance_timeout
 
 	// Faults is how many faults the process and broker scenarios inject: kills, SIGTERM
-	// restarts, broker restarts, SIGSTOPs and storm membership changes (0 = the scenario's
-	// default: 6, 6, 3, 2 and 12).
+	// restarts, broker restarts, SIGSTOPs, storm membership changes and grow's joins (0 = the
+	// scenario's default: 6, 6, 3, 2, 12 and 2).
 	Faults int
 	// FaultEvery is the wait before each such fault, drawn uniformly, counted from the first new
 	// outcome after the previous fault (so every fault meets a processor that makes progress).
@@ -112,7 +112,7 @@ func (p *params) flags(fs *flag.FlagSet) {
 	fs.DurationVar(&p.SessionTimeout, "session-timeout", p.SessionTimeout, "kafka.session_timeout")
 	fs.DurationVar(&p.HeartbeatInterval, "heartbeat-interval", p.HeartbeatInterval, "kafka.heartbeat_interval")
 	fs.DurationVar(&p.RebalanceTimeout, "rebalance-timeout", p.RebalanceTimeout, "kafka.rebalance_timeout")
-	fs.IntVar(&p.Faults, "faults", p.Faults, "kills, restarts, SIGSTOPs or storm changes per scenario (0 = the scenario's default)")
+	fs.IntVar(&p.Faults, "faults", p.Faults, "kills, restarts, SIGSTOPs, storm changes or joins per scenario (0 = the scenario's default)")
 	fs.Var(&p.FaultEvery, "fault-every", "wait before each process or broker fault, counted from the first new outcome after the previous one")
 	fs.Var(&p.RestartAfter, "restart-after", "how long a killed member or the broker stays down")
 	fs.DurationVar(&p.OutageDelay, "outage-delay", p.OutageDelay, "WeChat outages start this long after the first outcome")

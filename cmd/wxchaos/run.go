@@ -156,9 +156,8 @@ func runScenario(ctx context.Context, sc *scenario, p params, seed uint64, dir s
 	// Everything in: scrape the members, stop them gracefully, read the outcome topic to its end.
 	metricSecrets := scrapeSecrets(ctx, r.fleet.running())
 	r.fleet.close(grace)
-	var readerErr error
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	readerErr = rd.catchUp(cctx)
+	readerErr := rd.catchUp(cctx)
 	cancel()
 
 	if progress != nil {

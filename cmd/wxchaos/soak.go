@@ -20,6 +20,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/wxnotify/wxnotify/cmd/internal/eventgen"
 	"github.com/wxnotify/wxnotify/sink/wechatsim"
 )
 
@@ -86,7 +87,7 @@ func (t *soakTally) waitOutcomes(ctx context.Context, want int) error {
 func (t *soakTally) record(r *kgo.Record, _ time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.secrets += bytes.Count(r.Value, []byte(sentinel)) + bytes.Count(r.Key, []byte(sentinel))
+	t.secrets += sentinels(r)
 	if r.Topic == deadLetters {
 		t.deadLetters++
 		return
@@ -94,7 +95,7 @@ func (t *soakTally) record(r *kgo.Record, _ time.Time) {
 	var o outcomeRecord
 	i := -1
 	if json.Unmarshal(r.Value, &o) == nil {
-		i = eventIndex(o.EventID)
+		i = eventgen.Index(o.EventID)
 	}
 	if i < 0 || i >= len(t.count) {
 		t.foreign++
@@ -116,7 +117,7 @@ func (t *soakTally) record(r *kgo.Record, _ time.Time) {
 
 // soak produces at o.rate for o.duration into one processor member, injects a fault every
 // o.every, samples the member every o.sample, then waits for the outcomes and reports whether
-// memory and goroutines stayed within o.flat of the first sample after warm-up.
+// memory and goroutines stayed flat after warm-up (judgeFlat, within o.flat).
 func soak(ctx context.Context, p params, o soakOptions, seed uint64, dir string, stdout, stderr io.Writer) int {
 	if p.Latency == 0 {
 		p.Latency = 50 * time.Millisecond
@@ -161,7 +162,7 @@ func soak(ctx context.Context, p params, o soakOptions, seed uint64, dir string,
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		produceSteady(runCtx, prod, newGenerator(p.Users, 0, seed), n, o.rate, &produced, &produceErrs)
+		produceSteady(runCtx, prod, eventgen.New(p.Users, 0, seed), n, o.rate, &produced, &produceErrs)
 	}()
 	go func() {
 		defer wg.Done()
@@ -281,13 +282,13 @@ func median(vs []float64) float64 {
 }
 
 // produceSteady writes events [0, n) at rate per second, in 10ms ticks, until ctx ends.
-func produceSteady(ctx context.Context, cl *kgo.Client, g *generator, n int, rate float64, produced, errs *atomic.Int64) {
+func produceSteady(ctx context.Context, cl *kgo.Client, g *eventgen.Generator, n int, rate float64, produced, errs *atomic.Int64) {
 	tk := time.NewTicker(10 * time.Millisecond)
 	defer tk.Stop()
 	start := time.Now()
 	for i := 0; i < n; {
 		for due := min(n, int(time.Since(start).Seconds()*rate)+1); i < due; i++ {
-			e := g.event(i)
+			e := newEvent(g, i)
 			cl.Produce(ctx, e.record(), func(_ *kgo.Record, err error) {
 				if err != nil {
 					errs.Add(1)

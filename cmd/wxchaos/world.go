@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/twmb/franz-go/pkg/kgo"
-	"github.com/twmb/franz-go/pkg/sasl/scram"
 	"math/rand/v2"
 	"net"
 	"strconv"
@@ -13,7 +11,9 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
+	"github.com/twmb/franz-go/pkg/sasl/scram"
 )
 
 // The world's topics, as the processor's config defaults name them, and their partitions.
@@ -148,8 +148,9 @@ func (b *broker) close() {
 }
 
 // dropper answers a share of the processor's Fetch, Produce, OffsetCommit and Heartbeat requests
-// by closing the connection unanswered (the request is not applied). Once armed, the first
-// request of each kind is dropped whatever the dice say, so a short run meets every kind.
+// by closing the connection unanswered (the request is not applied). Once armed for the first
+// time, the first request of each kind is dropped whatever the dice say, so a short run meets
+// every kind; arming again (the soak's bursts) rolls the dice alone.
 type dropper struct {
 	rate   float64
 	onDrop func(kind string) // called on the broker's goroutine; must not block
@@ -157,7 +158,7 @@ type dropper struct {
 	mu    sync.Mutex
 	rng   *rand.Rand
 	armed bool
-	first map[kmsg.Key]bool // kinds dropped since arming
+	first map[kmsg.Key]bool // kinds dropped since the first arming
 }
 
 var errDropped = errors.New("wxchaos: connection dropped")
