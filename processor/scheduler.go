@@ -21,8 +21,8 @@ import (
 //
 // Ready tasks run on worker goroutines that are kept for workerIdle after their last task
 // rather than on a goroutine each: a send goes deep (HTTP client, JSON), and a fresh goroutine
-// grows its stack through that path every time (runtime.newstack/copystack were ~7% of the
-// processor's CPU on a backlog, ~3.5% with workers: the GC still shrinks idle workers' stacks).
+// would grow its stack through that path every time, where a worker keeps its grown stack
+// (until the GC shrinks an idle one).
 // A ready task is handed to an idle worker if one is waiting and starts a new worker otherwise,
 // so there are never more workers than tasks running at once, which the in-flight budget
 // bounds, and a ready task never waits behind busy workers.

@@ -310,7 +310,7 @@ func (p *fileParser) parseRule(n *yaml.Node) *Rule {
 			case DailyQuotaFail, DailyQuotaDelay:
 				r.OnDailyQuota = s
 			default:
-				p.add(r, v, "on_daily_quota", fmt.Sprintf("%q is not fail or delay", s))
+				p.add(r, v, "on_daily_quota", fmt.Sprintf("want fail or delay, got %q", s))
 			}
 		}
 	}

@@ -298,7 +298,7 @@ r.yaml:8:14: rule "r1": dry_run: want true or false, got string "yes"
 r.yaml:9:43: rule "r1": dedupe.window: duration "-1h" must be positive
 r.yaml:10:21: rule "r1": throttle.max: want a positive integer, got number 0 (quote it: "0")
 r.yaml:10:33: rule "r1": throttle.burst: unknown field (known: max, per, key)
-r.yaml:11:21: rule "r1": on_daily_quota: "retry" is not fail or delay`,
+r.yaml:11:21: rule "r1": on_daily_quota: want fail or delay, got "retry"`,
 		},
 		{
 			name: "dedupe needs key and window; bad key expression",
