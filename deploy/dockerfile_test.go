@@ -3,6 +3,7 @@ package deploy_test
 import (
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -283,7 +284,7 @@ func goBuildWords(t *testing.T, stages []instructions.Stage, pkg string) []strin
 type mapEnv map[string]string
 
 func (m mapEnv) Get(k string) (string, bool) { v, ok := m[k]; return v, ok }
-func (m mapEnv) Keys() []string              { return sortedKeys(m) }
+func (m mapEnv) Keys() []string              { return slices.Sorted(maps.Keys(m)) }
 
 // The version and revision the tests stamp, through the Dockerfile's own ldflags.
 const (

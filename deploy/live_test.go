@@ -5,11 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -218,7 +220,7 @@ func TestLive(t *testing.T) {
 			use("dashboard "+where, q)
 		}
 		var missing []string
-		for _, n := range sortedKeys(usedBy) {
+		for _, n := range slices.Sorted(maps.Keys(usedBy)) {
 			if !s.scrape[n] && !recorded[n] {
 				sort.Strings(usedBy[n])
 				missing = append(missing, fmt.Sprintf("  %s (%d uses, e.g. %s)", n, len(usedBy[n]), usedBy[n][0]))
@@ -326,7 +328,7 @@ func TestLive(t *testing.T) {
 
 	t.Run("every dashboard query runs on the server", func(t *testing.T) {
 		queries := dashboardQueries(t)
-		for _, where := range sortedKeys(queries) {
+		for _, where := range slices.Sorted(maps.Keys(queries)) {
 			if err := promQuery(ctx, s.promURL, queries[where], nil); err != nil {
 				t.Errorf("%s: %v\n%s", where, err, queries[where])
 			}
