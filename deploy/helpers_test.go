@@ -20,7 +20,7 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-var update = flag.Bool("update", false, "rewrite the generated files (promtool exp_annotations, the PrometheusRule) instead of comparing")
+var update = flag.Bool("update", false, "rewrite the generated files (promtool exp_annotations, the PrometheusRule, the rule files' copies in kubernetes/base) instead of comparing")
 
 // The processes started for the live tests, stopped by TestMain after all tests.
 var (
