@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -98,7 +99,7 @@ func TestCompose(t *testing.T) {
 	}
 
 	t.Run("images pinned or built from deploy/Dockerfile", func(t *testing.T) {
-		for _, name := range sortedKeys(project.Services) {
+		for _, name := range slices.Sorted(maps.Keys(project.Services)) {
 			svc := project.Services[name]
 			if svc.Build != nil {
 				if svc.Build.Context != root || svc.Build.Dockerfile != "deploy/Dockerfile" {
@@ -118,7 +119,7 @@ func TestCompose(t *testing.T) {
 	t.Run("ports published on loopback, one service each", func(t *testing.T) {
 		want := map[string]uint32{"kafka": 29092, "wechatsim": 8090, "wxnotify": listenPort(t, cfg.HTTP.Addr), "prometheus": 9090, "grafana": 3000}
 		seen := map[string]string{}
-		for _, name := range sortedKeys(project.Services) {
+		for _, name := range slices.Sorted(maps.Keys(project.Services)) {
 			for _, p := range project.Services[name].Ports {
 				if p.HostIP != "127.0.0.1" {
 					t.Errorf("%s: port %d published on %q: want 127.0.0.1 (the simulator's admin API has no authentication)", name, p.Target, p.HostIP)
@@ -140,7 +141,7 @@ func TestCompose(t *testing.T) {
 	})
 
 	t.Run("health checks and start order", func(t *testing.T) {
-		for _, name := range sortedKeys(project.Services) {
+		for _, name := range slices.Sorted(maps.Keys(project.Services)) {
 			svc := project.Services[name]
 			if isOneShot(project, name) {
 				if svc.Restart != "no" {
@@ -169,7 +170,7 @@ func TestCompose(t *testing.T) {
 				}
 			}
 		}
-		for _, name := range sortedKeys(project.Services) {
+		for _, name := range slices.Sorted(maps.Keys(project.Services)) {
 			for dep, d := range project.Services[name].DependsOn {
 				switch d.Condition {
 				case types.ServiceConditionHealthy:
@@ -192,7 +193,7 @@ func TestCompose(t *testing.T) {
 
 	t.Run("wxnotify gets every variable its config uses", func(t *testing.T) {
 		env := project.Services["wxnotify"].Environment
-		for _, v := range sortedKeys(configVars(t, cfgPath)) {
+		for _, v := range slices.Sorted(maps.Keys(configVars(t, cfgPath))) {
 			// Variables with a default too: the defaults point at localhost and the real WeChat.
 			if val, ok := env[v]; !ok || val == nil || *val == "" {
 				t.Errorf("configs/wxnotify.yaml uses ${%s}; the wxnotify service does not set it", v)
@@ -281,7 +282,7 @@ func TestCompose(t *testing.T) {
 	})
 
 	t.Run("mounted files exist", func(t *testing.T) {
-		for _, name := range sortedKeys(project.Services) {
+		for _, name := range slices.Sorted(maps.Keys(project.Services)) {
 			for _, v := range project.Services[name].Volumes {
 				if v.Type != types.VolumeTypeBind {
 					continue

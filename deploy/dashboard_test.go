@@ -114,7 +114,7 @@ func TestDashboard(t *testing.T) {
 		t.Errorf("uid %q, title %q", d.UID, d.Title)
 	}
 	ids := map[int]bool{}
-	queries := 0
+	targets := 0
 	for _, p := range d.Panels {
 		if ids[p.ID] {
 			t.Errorf("panel id %d twice", p.ID)
@@ -135,9 +135,10 @@ func TestDashboard(t *testing.T) {
 		if len(p.Targets) == 0 {
 			t.Errorf("panel %q has no query", p.Title)
 		}
-		queries += len(p.Targets)
+		targets += len(p.Targets)
 	}
-	for where, q := range dashboardQueries(t) {
+	queries := dashboardQueries(t)
+	for where, q := range queries {
 		names, err := metricNames(q)
 		if err != nil {
 			t.Errorf("%s: %v\n%s", where, err, q)
@@ -147,12 +148,12 @@ func TestDashboard(t *testing.T) {
 			t.Errorf("%s selects no metric: %s", where, q)
 		}
 	}
-	if queries < 30 {
-		t.Errorf("%d queries: the dashboard lost panels", queries)
+	if targets < 30 {
+		t.Errorf("%d queries: the dashboard lost panels", targets)
 	}
 	// Outcomes by status and class (issue 13): wxnotify_outcomes_total carries the class.
 	found := false
-	for _, q := range dashboardQueries(t) {
+	for _, q := range queries {
 		found = found || strings.Contains(q, "sum by (status, class) (rate(wxnotify_outcomes_total{")
 	}
 	if !found {

@@ -3,6 +3,7 @@ package deploy_test
 import (
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -93,25 +94,15 @@ func TestDockerfile(t *testing.T) {
 	})
 
 	t.Run("static, trimmed, zone data embedded, version stamped", func(t *testing.T) {
-		words := goBuildWords(t, stages, "./cmd/wxnotify")
-		line := strings.Join(words, " ")
-		for _, want := range []string{"CGO_ENABLED=0", "-trimpath", "./cmd/wxnotify", "./cmd/wechatsim"} {
-			if !slices.Contains(words, want) {
-				t.Errorf("go build lacks %s: %s", want, line)
-			}
-		}
-		if !strings.Contains(line, "-tags timetzdata") {
-			t.Errorf("go build lacks -tags timetzdata (rules.zone must not depend on the image's files): %s", line)
-		}
-		for _, want := range []string{"-X main.version=" + testVersion, "-X main.revision=" + testRevision} {
-			if !strings.Contains(line, want) {
-				t.Errorf("go build does not stamp %q from the build args: %s", want, line)
-			}
+		for _, p := range buildProblems(goBuildWords(t, stages, "./cmd/wxnotify")) {
+			t.Error(p)
 		}
 	})
 
 	t.Run("the build context has what the Dockerfile copies", func(t *testing.T) {
-		checkBuildContext(t, stages)
+		for _, p := range buildContextProblems(t, stages, "Dockerfile.dockerignore") {
+			t.Error(p)
+		}
 	})
 }
 
@@ -124,6 +115,26 @@ func pinProblems(stages []instructions.Stage) []string {
 		}
 		if !pinnedImageRE.MatchString(s.BaseName) || strings.Contains(s.BaseName, ":latest@") {
 			problems = append(problems, fmt.Sprintf("stage %q: FROM %s: want IMAGE:TAG@sha256:DIGEST with a release tag", s.Name, s.BaseName))
+		}
+	}
+	return problems
+}
+
+// buildProblems lists what the words of the `go build` of the product's binaries lack.
+func buildProblems(words []string) []string {
+	var problems []string
+	line := strings.Join(words, " ")
+	for _, want := range []string{"CGO_ENABLED=0", "-trimpath", "./cmd/wxnotify", "./cmd/wechatsim"} {
+		if !slices.Contains(words, want) {
+			problems = append(problems, fmt.Sprintf("go build lacks %s: %s", want, line))
+		}
+	}
+	if !strings.Contains(line, "-tags timetzdata") {
+		problems = append(problems, fmt.Sprintf("go build lacks -tags timetzdata (rules.zone must not depend on the image's files): %s", line))
+	}
+	for _, want := range []string{"-X main.version=" + testVersion, "-X main.revision=" + testRevision} {
+		if !strings.Contains(line, want) {
+			problems = append(problems, fmt.Sprintf("go build does not stamp %q from the build args: %s", want, line))
 		}
 	}
 	return problems
@@ -181,7 +192,8 @@ func finalStageProblems(stages []instructions.Stage, name string) []string {
 	return problems
 }
 
-// TestDockerfileChecksCatch shows that the checks above fail a Dockerfile that breaks them.
+// TestDockerfileChecksCatch shows that the checks above fail a Dockerfile and an ignore file
+// that break them.
 func TestDockerfileChecksCatch(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "Dockerfile")
 	bad := `FROM golang:1.26 AS build
@@ -200,7 +212,9 @@ ENTRYPOINT /usr/local/bin/wxnotify run
 	if !strings.Contains(strings.Join(warnings, "\n"), "FromAsCasing") {
 		t.Errorf("BuildKit's linter did not report FROM ... as: %q", warnings)
 	}
-	got := strings.Join(append(pinProblems(stages), finalStageProblems(stages, "wxnotify")...), "\n")
+	problems := append(pinProblems(stages), finalStageProblems(stages, "wxnotify")...)
+	problems = append(problems, buildProblems(goBuildWords(t, stages, "./cmd/wxnotify"))...)
+	got := strings.Join(problems, "\n")
 	for _, want := range []string{
 		`stage "build": FROM golang:1.26: want IMAGE:TAG@sha256`,
 		`stage "wxnotify": FROM debian:bookworm-slim: want IMAGE:TAG@sha256`,
@@ -210,6 +224,12 @@ ENTRYPOINT /usr/local/bin/wxnotify run
 		"wxnotify: ENTRYPOINT",
 		"wxnotify: CMD <nil>",
 		"wxnotify: /out/httpprobe is not copied in",
+		"go build lacks CGO_ENABLED=0",
+		"go build lacks -trimpath",
+		"go build lacks ./cmd/wechatsim",
+		"go build lacks -tags timetzdata",
+		`go build does not stamp "-X main.version=` + testVersion,
+		`go build does not stamp "-X main.revision=` + testRevision,
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("problems lack %q; got:\n%s", want, got)
@@ -217,6 +237,21 @@ ENTRYPOINT /usr/local/bin/wxnotify run
 	}
 	if p := finalStageProblems(stages, "wechatsim"); len(p) != 1 || !strings.Contains(p[0], `no stage "wechatsim"`) {
 		t.Errorf("missing stage: got %q", p)
+	}
+
+	// An ignore file that drops the sources and keeps .git.
+	ignore := filepath.Join(t.TempDir(), "Dockerfile.dockerignore")
+	if err := os.WriteFile(ignore, []byte("cmd\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got = strings.Join(buildContextProblems(t, stages, ignore), "\n")
+	for _, want := range []string{
+		filepath.Join("cmd", "wxnotify", "main.go") + " is excluded from the build context",
+		".git is in the build context",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("build context problems lack %q; got:\n%s", want, got)
+		}
 	}
 }
 
@@ -249,7 +284,7 @@ func goBuildWords(t *testing.T, stages []instructions.Stage, pkg string) []strin
 type mapEnv map[string]string
 
 func (m mapEnv) Get(k string) (string, bool) { v, ok := m[k]; return v, ok }
-func (m mapEnv) Keys() []string              { return sortedKeys(m) }
+func (m mapEnv) Keys() []string              { return slices.Sorted(maps.Keys(m)) }
 
 // The version and revision the tests stamp, through the Dockerfile's own ldflags.
 const (
@@ -309,6 +344,8 @@ var (
 func productBinaries(t *testing.T) string {
 	t.Helper()
 	productOnce.Do(func() {
+		// Stays if a Fatal below ends Do early: later callers fail too instead of getting "".
+		productErr = "building as the Dockerfile does failed"
 		stages, _ := parseDockerfile(t, "Dockerfile")
 		dir := sharedTempDir(t)
 		ok := t.Run("build as the Dockerfile does", func(t *testing.T) {
@@ -318,11 +355,9 @@ func productBinaries(t *testing.T) string {
 			runBuildWords(t, repoRoot(t), dir, goBuildWords(t, stages, "./cmd/httpprobe"),
 				"GOPROXY=off", "GOFLAGS=-mod=readonly", "GOMODCACHE="+t.TempDir())
 		})
-		if !ok {
-			productErr = "building as the Dockerfile does failed"
-			return
+		if ok {
+			productDir, productErr = dir, ""
 		}
-		productDir = dir
 	})
 	if productErr != "" {
 		t.Fatal(productErr)
@@ -361,13 +396,15 @@ func TestDockerfileBuild(t *testing.T) {
 	})
 }
 
-// checkBuildContext applies deploy/Dockerfile.dockerignore to the repository as BuildKit does
-// and checks that everything the build copies or compiles is in the context, and that what
-// must stay out (the git directory, the deploy files the image does not use) is out.
-func checkBuildContext(t *testing.T, stages []instructions.Stage) {
+// buildContextProblems applies the ignore file (deploy/Dockerfile.dockerignore) to the
+// repository as BuildKit does and lists what the build copies or compiles that is not in the
+// context, and what must stay out (the git directory, the deploy files the image does not use)
+// that is in it.
+func buildContextProblems(t *testing.T, stages []instructions.Stage, ignoreFile string) []string {
 	t.Helper()
 	root := repoRoot(t)
-	f, err := os.Open("Dockerfile.dockerignore")
+	var problems []string
+	f, err := os.Open(ignoreFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -398,10 +435,10 @@ func checkBuildContext(t *testing.T, stages []instructions.Stage) {
 			for _, src := range cp.SourcePaths {
 				rel := filepath.Clean(src)
 				if _, err := os.Stat(filepath.Join(root, rel)); err != nil {
-					t.Errorf("COPY %s: %v", src, err)
+					problems = append(problems, fmt.Sprintf("COPY %s: %v", src, err))
 				}
 				if rel != "." && excluded(rel) {
-					t.Errorf("COPY %s: excluded by Dockerfile.dockerignore", src)
+					problems = append(problems, fmt.Sprintf("COPY %s: excluded by Dockerfile.dockerignore", src))
 				}
 			}
 		}
@@ -432,12 +469,13 @@ func checkBuildContext(t *testing.T, stages []instructions.Stage) {
 	mustIn = append(mustIn, "deploy/go.mod", "deploy/go.sum", "deploy/cmd/httpprobe/main.go")
 	for _, rel := range mustIn {
 		if excluded(rel) {
-			t.Errorf("%s is excluded from the build context, but the build needs it", rel)
+			problems = append(problems, fmt.Sprintf("%s is excluded from the build context, but the build needs it", rel))
 		}
 	}
 	for _, rel := range []string{".git", ".git/HEAD", "deploy/compose.yaml", "deploy/kubernetes/base/deployment.yaml", "deploy/dockerfile_test.go", "wxnotify"} {
 		if !excluded(rel) {
-			t.Errorf("%s is in the build context: Dockerfile.dockerignore should keep it out", rel)
+			problems = append(problems, fmt.Sprintf("%s is in the build context: Dockerfile.dockerignore should keep it out", rel))
 		}
 	}
+	return problems
 }

@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,7 +20,7 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-var update = flag.Bool("update", false, "rewrite the generated files (promtool exp_annotations, the PrometheusRule) instead of comparing")
+var update = flag.Bool("update", false, "rewrite the generated files (promtool exp_annotations, the PrometheusRule, the rule files' copies in kubernetes/base) instead of comparing")
 
 // The processes started for the live tests, stopped by TestMain after all tests.
 var (
@@ -141,15 +140,6 @@ func configVarsIn(t *testing.T, name string, b []byte) map[string]bool {
 		t.Fatalf("%s references no ${VAR}: the pattern is out of step with the file", name)
 	}
 	return vars
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 // freeAddr returns a loopback address with a port nobody listens on right now.

@@ -75,7 +75,8 @@ var typed = map[string]func() any{
 }
 
 // validate checks o against its API's schema: typed kinds by strict decoding, KEDA's by the
-// API server's own CRD code (pruning finds unknown fields, the schema validator the rest).
+// API server's own CRD code (pruning finds unknown fields, the schema validator the rest) and
+// their metadata by strict decoding into ObjectMeta.
 func validate(t *testing.T, o object) error {
 	gvk := o.apiVersion + "/" + o.kind
 	if newObj, ok := typed[gvk]; ok {
@@ -114,13 +115,19 @@ func (c crdSchema) validate(o object) error {
 	for _, e := range validation.ValidateCustomResource(nil, obj, c.validator) {
 		problems = append(problems, e.Error())
 	}
-	var meta struct {
-		Metadata metav1.ObjectMeta `json:"metadata"`
+	// Pruning leaves metadata to the API server's ObjectMeta handling: decode it strictly.
+	var top struct {
+		Metadata json.RawMessage `json:"metadata"`
 	}
-	if strict, err := kjson.UnmarshalStrict(o.json, &meta, kjson.DisallowUnknownFields); err != nil {
-		problems = append(problems, err.Error())
-	} else {
-		_ = strict // fields outside metadata belong to the CRD schema above
+	if err := json.Unmarshal(o.json, &top); err != nil {
+		return err
+	}
+	strict, err := kjson.UnmarshalStrict(top.Metadata, &metav1.ObjectMeta{}, kjson.DisallowDuplicateFields, kjson.DisallowUnknownFields)
+	if err != nil {
+		strict = append(strict, err)
+	}
+	for _, e := range strict {
+		problems = append(problems, "metadata: "+e.Error())
 	}
 	if len(problems) > 0 {
 		return fmt.Errorf("%s: %s", o, strings.Join(problems, "; "))
@@ -584,6 +591,8 @@ func TestKustomizeValidationCatches(t *testing.T) {
 		{"scaledobject.yaml", "maxReplicaCount: 8", "maxReplicas: 8", `unknown field "spec.maxReplicas"`},
 		{"scaledobject.yaml", "pollingInterval: 30", "pollingInterval: thirty", `spec.pollingInterval: Invalid value: "string"`},
 		{"triggerauthentication.yaml", "secretTargetRef:", "secretTargetRefs:", `unknown field "spec.secretTargetRefs"`},
+		{"scaledobject.yaml", "  annotations:", "  anotations:", `metadata: unknown field "anotations"`},
+		{"service.yaml", "targetPort: metrics", "targetport: metrics", `unknown field "spec.ports[0].targetport"`},
 	} {
 		t.Run(tc.file+" "+tc.new, func(t *testing.T) {
 			fsys := copyToMemory(t, "kubernetes")

@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"maps"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -33,21 +36,23 @@ type liveStack struct {
 var (
 	liveOnce sync.Once
 	live     *liveStack
-	liveErr  string
+	liveErr  error
 )
 
 func startLive(t *testing.T) *liveStack {
 	t.Helper()
 	liveOnce.Do(func() {
+		// Stays if a Fatal below ends Do early: later callers fail too instead of getting nil.
+		liveErr = errors.New("the live stack did not start")
 		live, liveErr = startLiveStack(t)
 	})
-	if liveErr != "" {
+	if liveErr != nil {
 		t.Fatal(liveErr)
 	}
 	return live
 }
 
-func startLiveStack(t *testing.T) (*liveStack, string) {
+func startLiveStack(t *testing.T) (*liveStack, error) {
 	prometheus := requireTool(t, "prometheus")
 	bin := filepath.Join(productBinaries(t), "wxnotify")
 
@@ -60,22 +65,22 @@ func startLiveStack(t *testing.T) (*liveStack, string) {
 		}
 		return nil
 	}); err != nil {
-		return nil, fmt.Sprintf("wxnotify demo -keep -http %s: %v\n%s", addr, err, out)
+		return nil, fmt.Errorf("wxnotify demo -keep -http %s: %v\n%s", addr, err, out)
 	}
 	ctx := context.Background()
 	code, body, err := httpGet(ctx, "http://"+addr+"/metrics")
 	if err != nil || code != 200 {
-		return nil, fmt.Sprintf("scrape the demo: %d %v", code, err)
+		return nil, fmt.Errorf("scrape the demo: %d %v", code, err)
 	}
 	scrape, err := seriesNames(body)
 	if err != nil {
-		return nil, fmt.Sprintf("parse the demo's /metrics: %v", err)
+		return nil, fmt.Errorf("parse the demo's /metrics: %v", err)
 	}
 
 	dir := sharedTempDir(t)
 	rules, err := filepath.Abs(rulesPath)
 	if err != nil {
-		return nil, err.Error()
+		return nil, err
 	}
 	cfg := fmt.Sprintf(`global: {scrape_interval: 1s, evaluation_interval: 1s}
 rule_files: [%q]
@@ -85,7 +90,7 @@ scrape_configs:
 `, rules, addr)
 	cfgPath := filepath.Join(dir, "prometheus.yml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
-		return nil, err.Error()
+		return nil, err
 	}
 	promAddr := freeAddr(t)
 	promOut := startProcess(t, exec.Command(prometheus, "--config.file="+cfgPath, "--storage.tsdb.path="+filepath.Join(dir, "data"),
@@ -98,7 +103,7 @@ scrape_configs:
 		}
 		return err
 	}); err != nil {
-		return nil, fmt.Sprintf("prometheus: %v\n%s", err, promOut)
+		return nil, fmt.Errorf("prometheus: %v\n%s", err, promOut)
 	}
 	// Three scrapes of the demo, so rate() has samples and absent(up) has its answer.
 	if err := waitFor(time.Minute, func() error {
@@ -111,9 +116,9 @@ scrape_configs:
 		}
 		return nil
 	}); err != nil {
-		return nil, fmt.Sprintf("prometheus scraping the demo: %v\n%s", err, promOut)
+		return nil, fmt.Errorf("prometheus scraping the demo: %v\n%s", err, promOut)
 	}
-	return &liveStack{scrape: scrape, scrapeBody: body, promURL: promURL}, ""
+	return &liveStack{scrape: scrape, scrapeBody: body, promURL: promURL}, nil
 }
 
 // seriesNames returns the names of the series in a text exposition, histograms and summaries
@@ -218,7 +223,7 @@ func TestLive(t *testing.T) {
 			use("dashboard "+where, q)
 		}
 		var missing []string
-		for _, n := range sortedKeys(usedBy) {
+		for _, n := range slices.Sorted(maps.Keys(usedBy)) {
 			if !s.scrape[n] && !recorded[n] {
 				sort.Strings(usedBy[n])
 				missing = append(missing, fmt.Sprintf("  %s (%d uses, e.g. %s)", n, len(usedBy[n]), usedBy[n][0]))
@@ -326,7 +331,7 @@ func TestLive(t *testing.T) {
 
 	t.Run("every dashboard query runs on the server", func(t *testing.T) {
 		queries := dashboardQueries(t)
-		for _, where := range sortedKeys(queries) {
+		for _, where := range slices.Sorted(maps.Keys(queries)) {
 			if err := promQuery(ctx, s.promURL, queries[where], nil); err != nil {
 				t.Errorf("%s: %v\n%s", where, err, queries[where])
 			}

@@ -3,10 +3,11 @@ package deploy_test
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
-	"sort"
+	"slices"
 	"strings"
 	"testing"
 
@@ -93,16 +94,9 @@ func TestAlertsHaveRunbooks(t *testing.T) {
 			}
 		}
 	}
-	if !equalSets(got, want) {
+	if !slices.Equal(slices.Sorted(slices.Values(got)), slices.Sorted(slices.Values(want))) {
 		t.Errorf("alerts %q, want %q", got, want)
 	}
-}
-
-func equalSets(a, b []string) bool {
-	a, b = append([]string(nil), a...), append([]string(nil), b...)
-	sort.Strings(a)
-	sort.Strings(b)
-	return strings.Join(a, "\n") == strings.Join(b, "\n")
 }
 
 // TestPromtoolTestRules runs the rule unit tests with promtool, after checking that every alert
@@ -221,7 +215,7 @@ func mapValue(n *yaml.Node, key string) *yaml.Node {
 // multi-line values as literal blocks.
 func setMapValue(n *yaml.Node, key string, m map[string]string) {
 	val := &yaml.Node{Kind: yaml.MappingNode}
-	for _, k := range sortedKeys(m) {
+	for _, k := range slices.Sorted(maps.Keys(m)) {
 		v := &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: m[k]}
 		if strings.Contains(m[k], "\n") {
 			v.Style = yaml.LiteralStyle
