@@ -651,6 +651,9 @@ func TestKubernetesRulesMatchConfigs(t *testing.T) {
 	dst := filepath.Join("kubernetes", "base", "rules")
 	want, _ := filepath.Glob(filepath.Join(src, "*.yaml"))
 	want = slices.DeleteFunc(want, func(p string) bool { return strings.HasSuffix(p, "_test.yaml") })
+	if len(want) == 0 {
+		t.Fatalf("no rule files in %s", src)
+	}
 	got, _ := filepath.Glob(filepath.Join(dst, "*.yaml"))
 	kustomization := string(readFile(t, filepath.Join("kubernetes", "base", "kustomization.yaml")))
 	for _, p := range want {
