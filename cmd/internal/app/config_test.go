@@ -177,13 +177,20 @@ func TestShippedConfigParses(t *testing.T) {
 
 func TestExpandEnv(t *testing.T) {
 	raw := "a: ${A}\nb: ${B:-dflt}\nc: ${C:-}\nd: ${D}\n# comment ${E}\ne: x # ${F}\nf: ${B}${B}\n"
-	out, unset := expandEnv([]byte(raw), env(map[string]string{"A": "1", "C": ""}))
+	lookup := env(map[string]string{"A": "1", "C": ""})
+	out, unset := expand([]byte(raw), lookup, false)
 	want := "a: 1\nb: dflt\nc: \nd: \n# comment \ne: x # \nf: \n"
 	if string(out) != want {
 		t.Errorf("expanded:\n%s\nwant:\n%s", out, want)
 	}
 	if strings.Join(unset, ",") != "B,D" {
 		t.Errorf("unset = %v, want [B D] (comments ignored, each name once)", unset)
+	}
+	// keep (LoadConfigForCheck) leaves the unset references as written.
+	out, unset = expand([]byte(raw), lookup, true)
+	want = "a: 1\nb: dflt\nc: \nd: ${D}\n# comment ${E}\ne: x # ${F}\nf: ${B}${B}\n"
+	if string(out) != want || strings.Join(unset, ",") != "B,D" {
+		t.Errorf("kept:\n%s\nwant:\n%s\nunset = %v, want [B D]", out, want, unset)
 	}
 }
 
