@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sirupsen/logrus"
 
 	"github.com/wxnotify/wxnotify/processor"
 	"github.com/wxnotify/wxnotify/sink/wechatsim"
@@ -264,5 +265,33 @@ func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A rejected reload with more problems than /readyz lists shows the first maxReadyProblems and
+// how many more the log has; the log has every one.
+func TestReloadFailureListsAtMostMaxReadyProblems(t *testing.T) {
+	dir := t.TempDir()
+	var text strings.Builder
+	text.WriteString("rules:\n")
+	const n = maxReadyProblems + 5
+	for i := range n {
+		fmt.Fprintf(&text, "  - {name: r%d, when: 'event.type ===', account: weapp, api: subscribeMessage.send, message: {touser: x, template_id: T, data: {thing1: {value: x}}}}\n", i)
+	}
+	writeFile(t, filepath.Join(dir, "orders.yaml"), text.String())
+	cfg := &Config{Rules: RulesConfig{Path: dir, Zone: "UTC"}, WeChat: WeChatConfig{Accounts: map[string]AccountConfig{"weapp": {}}}}
+	buf := &syncBuffer{}
+	log := logrus.New()
+	log.SetOutput(buf)
+	r := newReloader(cfg, &ruleHolder{}, prometheus.NewRegistry(), log)
+	if err := r.reload("test"); err == nil {
+		t.Fatal("reload of broken rules succeeded")
+	}
+	f := r.lastFailure()
+	if f == nil || len(f.Problems) != maxReadyProblems+1 || f.Problems[maxReadyProblems] != "... and 5 more (see the log)" {
+		t.Fatalf("failure = %+v, want %d problems and a line saying 5 more", f, maxReadyProblems)
+	}
+	if got := strings.Count(buf.String(), "when: unexpected token"); got != n {
+		t.Errorf("the log has %d problems, want all %d", got, n)
 	}
 }
