@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
-	"github.com/segmentio/kafka-go/sasl"
 	"net"
 	"os"
 	"strings"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/sasl"
 	"github.com/sirupsen/logrus"
 	"github.com/twmb/franz-go/pkg/kfake"
 
@@ -157,10 +157,7 @@ func (h *harness) startWith(opts Options) *running {
 	h.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{cancel: cancel, done: make(chan error, 1), reg: prometheus.NewRegistry()}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		h.t.Fatal(err)
-	}
+	ln := newLocalListener(h.t)
 	r.ops = ln.Addr().String()
 	opts.Log, opts.Registry, opts.Listener = h.log, r.reg, ln
 	started := make(chan struct{})
@@ -402,6 +399,62 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// series returns the value of a gauge or counter with no labels, or of the single series of a
+// labelled one; label returns that series' label value.
+func series(t *testing.T, reg *prometheus.Registry, name string) (value float64, label string) {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		ms := mf.GetMetric()
+		if len(ms) != 1 {
+			t.Fatalf("%s has %d series, want 1", name, len(ms))
+		}
+		if l := ms[0].GetLabel(); len(l) > 0 {
+			label = l[0].GetValue()
+		}
+		if c := ms[0].GetCounter(); c != nil {
+			return c.GetValue(), label
+		}
+		return ms[0].GetGauge().GetValue(), label
+	}
+	t.Fatalf("no metric %s", name)
+	return 0, ""
+}
+
+// metric returns the value of the counter or gauge name whose labels include labels.
+func metric(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if v, ok := labels[lp.GetName()]; ok && v != lp.GetValue() {
+					continue next
+				}
+			}
+			if c := m.GetCounter(); c != nil {
+				return c.GetValue()
+			}
+			return m.GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s%v", name, labels)
+	return 0
 }
 
 // event builds a sample-shaped event.

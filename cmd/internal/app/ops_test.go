@@ -2,7 +2,6 @@ package app
 
 import (
 	"io"
-	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -114,13 +113,9 @@ func TestReadyzAndMetricsFollowReloads(t *testing.T) {
 func TestPProfIsOffUnlessConfigured(t *testing.T) {
 	for _, on := range []bool{false, true} {
 		cfg := &Config{HTTP: HTTPConfig{PProf: on}}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
 		log := logrus.New()
 		log.SetOutput(io.Discard)
-		srv, addr, err := serveOps(cfg, ln, prometheus.NewRegistry(), func() readiness { return readiness{Ready: true} }, log)
+		srv, addr, err := serveOps(cfg, newLocalListener(t), prometheus.NewRegistry(), func() readiness { return readiness{Ready: true} }, log)
 		if err != nil {
 			t.Fatal(err)
 		}

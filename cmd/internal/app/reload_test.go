@@ -41,34 +41,6 @@ func writeFile(t *testing.T, path, content string) {
 	}
 }
 
-// series returns the value of a gauge or counter with no labels, or of the single series of a
-// labelled one; label returns that series' label value.
-func series(t *testing.T, reg *prometheus.Registry, name string) (value float64, label string) {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		ms := mf.GetMetric()
-		if len(ms) != 1 {
-			t.Fatalf("%s has %d series, want 1", name, len(ms))
-		}
-		if l := ms[0].GetLabel(); len(l) > 0 {
-			label = l[0].GetValue()
-		}
-		if c := ms[0].GetCounter(); c != nil {
-			return c.GetValue(), label
-		}
-		return ms[0].GetGauge().GetValue(), label
-	}
-	t.Fatalf("no metric %s", name)
-	return 0, ""
-}
-
 func rulesVersion(t *testing.T, r *running) string {
 	t.Helper()
 	_, v := series(t, r.reg, "wxnotify_rules_info")
