@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/sasl"
 	"github.com/sirupsen/logrus"
@@ -401,57 +402,55 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 	}
 }
 
-// series returns the value of a gauge or counter with no labels, or of the single series of a
-// labelled one; label returns that series' label value.
-func series(t *testing.T, reg *prometheus.Registry, name string) (value float64, label string) {
+// family returns the series of the metric name in reg; the test fails if it has none.
+func family(t *testing.T, reg *prometheus.Registry, name string) []*dto.Metric {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
+		if mf.GetName() == name {
+			return mf.GetMetric()
 		}
-		ms := mf.GetMetric()
-		if len(ms) != 1 {
-			t.Fatalf("%s has %d series, want 1", name, len(ms))
-		}
-		if l := ms[0].GetLabel(); len(l) > 0 {
-			label = l[0].GetValue()
-		}
-		if c := ms[0].GetCounter(); c != nil {
-			return c.GetValue(), label
-		}
-		return ms[0].GetGauge().GetValue(), label
 	}
 	t.Fatalf("no metric %s", name)
-	return 0, ""
+	return nil
+}
+
+// sampleValue is the value of a counter's or a gauge's series.
+func sampleValue(m *dto.Metric) float64 {
+	if c := m.GetCounter(); c != nil {
+		return c.GetValue()
+	}
+	return m.GetGauge().GetValue()
+}
+
+// series returns the value of a gauge or counter with no labels, or of the single series of a
+// labelled one; label returns that series' label value.
+func series(t *testing.T, reg *prometheus.Registry, name string) (value float64, label string) {
+	t.Helper()
+	ms := family(t, reg, name)
+	if len(ms) != 1 {
+		t.Fatalf("%s has %d series, want 1", name, len(ms))
+	}
+	if l := ms[0].GetLabel(); len(l) > 0 {
+		label = l[0].GetValue()
+	}
+	return sampleValue(ms[0]), label
 }
 
 // metric returns the value of the counter or gauge name whose labels include labels.
 func metric(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			for _, lp := range m.GetLabel() {
-				if v, ok := labels[lp.GetName()]; ok && v != lp.GetValue() {
-					continue next
-				}
+next:
+	for _, m := range family(t, reg, name) {
+		for _, lp := range m.GetLabel() {
+			if v, ok := labels[lp.GetName()]; ok && v != lp.GetValue() {
+				continue next
 			}
-			if c := m.GetCounter(); c != nil {
-				return c.GetValue()
-			}
-			return m.GetGauge().GetValue()
 		}
+		return sampleValue(m)
 	}
 	t.Fatalf("no metric %s%v", name, labels)
 	return 0
