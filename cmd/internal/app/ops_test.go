@@ -4,6 +4,7 @@ import (
 	"io"
 	"net/http"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"testing"
@@ -146,5 +147,25 @@ func TestReadBuild(t *testing.T) {
 	// A test binary has no main module version and no VCS stamp.
 	if b := ReadBuild("", ""); b.Version != "devel" || b.Revision != "unknown" {
 		t.Errorf("unstamped: %+v", b)
+	}
+	// Unstamped, what the toolchain recorded: the module version of `go install ...@v1.2.3`
+	// and the VCS revision of a build in a checkout, "-dirty" with uncommitted changes.
+	vcs := func(modified string) []debug.BuildSetting {
+		return []debug.BuildSetting{{Key: "vcs.revision", Value: "fedcba9"}, {Key: "vcs.modified", Value: modified}}
+	}
+	for _, tc := range []struct {
+		name                      string
+		version, revision         string
+		info                      *debug.BuildInfo
+		wantVersion, wantRevision string
+	}{
+		{"go install", "", "", &debug.BuildInfo{Main: debug.Module{Version: "v1.2.3"}}, "v1.2.3", "unknown"},
+		{"checkout", "", "", &debug.BuildInfo{Main: debug.Module{Version: "(devel)"}, Settings: vcs("false")}, "devel", "fedcba9"},
+		{"dirty checkout", "", "", &debug.BuildInfo{Settings: vcs("true")}, "devel", "fedcba9-dirty"},
+		{"stamps win", "v2.0.0", "0123abc", &debug.BuildInfo{Main: debug.Module{Version: "v1.2.3"}, Settings: vcs("true")}, "v2.0.0", "0123abc"},
+	} {
+		if b := readBuild(tc.version, tc.revision, tc.info); b.Version != tc.wantVersion || b.Revision != tc.wantRevision {
+			t.Errorf("%s: %+v, want version %s, revision %s", tc.name, b, tc.wantVersion, tc.wantRevision)
+		}
 	}
 }
