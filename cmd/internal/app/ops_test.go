@@ -3,7 +3,6 @@ package app
 import (
 	"io"
 	"net/http"
-	"path/filepath"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -36,10 +35,7 @@ func getBody(t *testing.T, url string) (int, string) {
 // reload clears it, and the new set's rules get their series at once.
 func TestReadyzAndMetricsFollowReloads(t *testing.T) {
 	h := newHarness(t, wechatsim.Config{})
-	dir := t.TempDir()
-	path := filepath.Join(dir, "orders.yaml")
-	writeFile(t, path, reloadRule("v1"))
-	h.cfg.Rules.Path = dir
+	path := h.rulesDir(reloadRule("v1"))
 	var mu sync.Mutex
 	var reloaded []string
 	r := h.startWith(Options{

@@ -41,6 +41,17 @@ func writeFile(t *testing.T, path, content string) {
 	}
 }
 
+// rulesDir writes content as orders.yaml in a new directory, makes that directory the
+// config's rules path (read and watched by Run when Options.Rules is nil) and returns the
+// file's path.
+func (h *harness) rulesDir(content string) string {
+	h.t.Helper()
+	path := filepath.Join(h.t.TempDir(), "orders.yaml")
+	writeFile(h.t, path, content)
+	h.cfg.Rules.Path = filepath.Dir(path)
+	return path
+}
+
 func rulesVersion(t *testing.T, r *running) string {
 	t.Helper()
 	_, v := series(t, r.reg, "wxnotify_rules_info")
@@ -91,9 +102,7 @@ func exactlyOneOutcomeEach(t *testing.T, outs []processor.Outcome, ids ...string
 // second by the new one, each exactly once.
 func TestReloadSwitchesRulesBetweenEvents(t *testing.T) {
 	h := newHarness(t, wechatsim.Config{})
-	dir := t.TempDir()
-	writeFile(t, filepath.Join(dir, "orders.yaml"), reloadRule("v1"))
-	h.cfg.Rules.Path = dir
+	path := h.rulesDir(reloadRule("v1"))
 	r := h.startWith(Options{})
 	h.produce("events", event("e-1", "order.paid", "u1"))
 	h.outcomes(1, 20*time.Second)
@@ -103,7 +112,7 @@ func TestReloadSwitchesRulesBetweenEvents(t *testing.T) {
 	}
 	before, _ := series(t, r.reg, "wxnotify_rules_last_reload_success_timestamp_seconds")
 
-	writeFile(t, filepath.Join(dir, "orders.yaml"), reloadRule("v2")) // in place, as `cat >` would
+	writeFile(t, path, reloadRule("v2")) // in place, as `cat >` would
 	v2 := waitForVersionChange(t, r, v1)
 	h.produce("events", event("e-2", "order.paid", "u2"))
 	outs := exactlyOneOutcomeEach(t, h.outcomes(2, 20*time.Second), "e-1", "e-2")
@@ -130,10 +139,7 @@ func TestReloadSwitchesRulesBetweenEvents(t *testing.T) {
 // says so; fixing the file recovers.
 func TestReloadRejectsBrokenRulesAndKeepsTheOldSet(t *testing.T) {
 	h := newHarness(t, wechatsim.Config{})
-	dir := t.TempDir()
-	path := filepath.Join(dir, "orders.yaml")
-	writeFile(t, path, reloadRule("v1"))
-	h.cfg.Rules.Path = dir
+	path := h.rulesDir(reloadRule("v1"))
 	r := h.startWith(Options{})
 	v1 := rulesVersion(t, r)
 
