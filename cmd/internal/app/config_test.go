@@ -310,3 +310,22 @@ func TestLoadConfigForCheckKafkaFiles(t *testing.T) {
 		t.Errorf("a CA file that is not PEM: %v, want the error run gives", err)
 	}
 }
+
+// kafka.sasl.mechanism picks kafka-go's mechanism; one Validate would refuse is an error here
+// too (a config built without Validate never connects without the SASL it names).
+func TestKafkaSASLMechanism(t *testing.T) {
+	for _, name := range []string{"", saslPlain, saslSCRAMSHA256, saslSCRAMSHA512} {
+		m, err := KafkaSASLConfig{Mechanism: name, Username: "u", Password: "p"}.mechanism()
+		switch {
+		case err != nil:
+			t.Errorf("%q: %v", name, err)
+		case name == "" && m != nil:
+			t.Errorf("no mechanism gave %v", m.Name())
+		case name != "" && (m == nil || m.Name() != name):
+			t.Errorf("%q gave %v", name, m)
+		}
+	}
+	if _, err := (KafkaSASLConfig{Mechanism: "GSSAPI"}).mechanism(); err == nil || err.Error() != `kafka.sasl.mechanism: "GSSAPI" is not PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512` {
+		t.Errorf("GSSAPI: %v", err)
+	}
+}
