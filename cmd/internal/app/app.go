@@ -204,14 +204,8 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 		}
 	}
 
-	tokensCtx, stopTokens := context.WithCancel(ctx)
-	tokensDone := make(chan struct{})
-	go func() {
-		defer close(tokensDone)
-		obtainTokens(tokensCtx, client, holder, &tokensErr, log)
-	}()
-	// Joined before the client closes, on every return path.
-	defer func() { stopTokens(); <-tokensDone }()
+	stopTokens := goJoined(ctx, func(ctx context.Context) { obtainTokens(ctx, client, holder, &tokensErr, log) })
+	defer stopTokens() // joined before the client closes, on every return path
 
 	mode := procsMode(cfg)
 	log.WithFields(logrus.Fields{
@@ -226,34 +220,32 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 		opts.Started(opsAddr)
 	}
 
-	reloadCtx, stopReloads := context.WithCancel(ctx)
-	reloadsDone := make(chan struct{})
-	go func() {
-		defer close(reloadsDone)
-		reloads.run(reloadCtx, opts.Reload)
-	}()
-
-	procsCtx, stopProcs := context.WithCancel(ctx)
-	procsDone := make(chan struct{})
+	stopReloads := goJoined(ctx, func(ctx context.Context) { reloads.run(ctx, opts.Reload) })
+	stopProcs := func() {}
 	if mode == ProcsAdaptive {
-		go func() {
-			defer close(procsDone)
-			procs.Run(procsCtx, procs.Config{}, reg, log)
-		}()
-	} else {
-		close(procsDone)
+		stopProcs = goJoined(ctx, func(ctx context.Context) { procs.Run(ctx, procs.Config{}, reg, log) })
 	}
 
 	runErr := p.Run(ctx)
 	stopReloads()
-	<-reloadsDone
 	stopProcs()
-	<-procsDone
 	if err := writer.Close(writerCloseTimeout); err != nil {
 		log.WithError(err).Warn("closing the kafka writer")
 	}
 	log.Info("wxnotify stopped")
 	return runErr
+}
+
+// goJoined runs f on a goroutine with a context derived from ctx. The returned stop cancels
+// that context and waits for f to return.
+func goJoined(ctx context.Context, f func(context.Context)) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f(ctx)
+	}()
+	return func() { cancel(); <-done }
 }
 
 // writerCloseTimeout bounds the wait for outcome records still unacknowledged at shutdown

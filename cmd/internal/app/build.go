@@ -21,8 +21,14 @@ type Build struct {
 // ...@v1.2.3`, the VCS revision of a build in a checkout, with "-dirty" for uncommitted
 // changes), else "devel" and "unknown".
 func ReadBuild(version, revision string) Build {
+	info, _ := debug.ReadBuildInfo()
+	return readBuild(version, revision, info)
+}
+
+// readBuild is ReadBuild with the toolchain's record given (nil: none).
+func readBuild(version, revision string, info *debug.BuildInfo) Build {
 	b := Build{Version: version, Revision: revision, GoVersion: runtime.Version()}
-	if info, ok := debug.ReadBuildInfo(); ok {
+	if info != nil {
 		if b.Version == "" && info.Main.Version != "" && info.Main.Version != "(devel)" {
 			b.Version = info.Main.Version
 		}

@@ -320,13 +320,9 @@ var yamlKeyNames = strings.NewReplacer(
 
 var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}`)
 
-// expandEnv replaces ${VAR} and ${VAR:-default}; it returns the names of variables that were
-// unset and had no default, so validation errors can point at them.
-func expandEnv(raw []byte, lookup func(string) (string, bool)) ([]byte, []string) {
-	return expand(raw, lookup, false)
-}
-
-// expand is expandEnv; keep leaves the references to unset variables as written.
+// expand replaces ${VAR} and ${VAR:-default}; it returns the names of variables that were
+// unset and had no default, so validation errors (or check's needs) can point at them. keep
+// leaves the references to unset variables as written; without it they expand to nothing.
 func expand(raw []byte, lookup func(string) (string, bool), keep bool) ([]byte, []string) {
 	var unset []string
 	var out []byte
@@ -623,13 +619,9 @@ func (c *Config) resolveFiles(missingOK bool) ([]Need, error) {
 		}
 	}
 	if f := c.Kafka.SASL.PasswordFile; f != "" && !absent("kafka.sasl.password_file", c.path(f)) {
-		b, err := os.ReadFile(c.path(f))
-		if err != nil {
-			return needs, fmt.Errorf("kafka.sasl.password_file: %w", err)
-		}
-		c.Kafka.SASL.Password = strings.TrimSpace(string(b))
-		if c.Kafka.SASL.Password == "" {
-			return needs, fmt.Errorf("kafka.sasl.password_file: file is empty")
+		var err error
+		if c.Kafka.SASL.Password, err = readSecretFile("kafka.sasl.password_file", c.path(f)); err != nil {
+			return needs, err
 		}
 	}
 	for _, name := range sortedKeys(c.WeChat.Accounts) {
@@ -638,17 +630,27 @@ func (c *Config) resolveFiles(missingOK bool) ([]Need, error) {
 		if a.SecretFile == "" || absent(key, c.path(a.SecretFile)) {
 			continue
 		}
-		b, err := os.ReadFile(c.path(a.SecretFile))
-		if err != nil {
-			return needs, fmt.Errorf("%s: %w", key, err)
-		}
-		a.Secret = strings.TrimSpace(string(b))
-		if a.Secret == "" {
-			return needs, fmt.Errorf("%s: file is empty", key)
+		var err error
+		if a.Secret, err = readSecretFile(key, c.path(a.SecretFile)); err != nil {
+			return needs, err
 		}
 		c.WeChat.Accounts[name] = a
 	}
 	return needs, nil
+}
+
+// readSecretFile returns the secret held in the file at path, named by key, without the
+// surrounding white space (a trailing newline); an empty file is an error.
+func readSecretFile(key, path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", key, err)
+	}
+	s := strings.TrimSpace(string(b))
+	if s == "" {
+		return "", fmt.Errorf("%s: file is empty", key)
+	}
+	return s, nil
 }
 
 func (c *Config) path(p string) string {

@@ -96,6 +96,14 @@ func TestParseConfigErrorsNameTheKey(t *testing.T) {
 			[]string{"kafka.tls.ca_file: set, but kafka.tls.enabled is false"}},
 		{"kafka client certificate without key", strings.Replace(minimalConfig, "events_topic: events", "events_topic: events\n  tls: {enabled: true, cert_file: c.pem}", 1), map[string]string{"APPID": "a", "SECRET": "b"},
 			[]string{"kafka.tls.cert_file: cert_file and key_file go together"}},
+		{"kafka key without client certificate", strings.Replace(minimalConfig, "events_topic: events", "events_topic: events\n  tls: {enabled: true, key_file: k.pem}", 1), map[string]string{"APPID": "a", "SECRET": "b"},
+			[]string{"kafka.tls.cert_file: cert_file and key_file go together"}},
+		{"kafka insecure_skip_verify without tls", strings.Replace(minimalConfig, "events_topic: events", "events_topic: events\n  tls: {insecure_skip_verify: true}", 1), map[string]string{"APPID": "a", "SECRET": "b"},
+			[]string{"kafka.tls.insecure_skip_verify: set, but kafka.tls.enabled is false"}},
+		{"kafka password and password_file", strings.Replace(minimalConfig, "events_topic: events", "events_topic: events\n  sasl: {mechanism: PLAIN, username: u, password: \"${KPASS}\", password_file: p}", 1), map[string]string{"APPID": "a", "SECRET": "b", "KPASS": "k"},
+			[]string{"kafka.sasl.password: password and password_file are exclusive"}},
+		{"wechat secret and secret_file", strings.Replace(minimalConfig, `secret: "${SECRET}"}`, `secret: "${SECRET}", secret_file: s}`, 1), map[string]string{"APPID": "a", "SECRET": "b"},
+			[]string{"wechat.accounts.weapp: secret and secret_file are exclusive"}},
 		{"unknown kafka tls key", strings.Replace(minimalConfig, "events_topic: events", "events_topic: events\n  tls: {enable: true}", 1), map[string]string{"APPID": "a", "SECRET": "b"},
 			[]string{"field enable not found under kafka.tls"}},
 	} {
@@ -177,13 +185,20 @@ func TestShippedConfigParses(t *testing.T) {
 
 func TestExpandEnv(t *testing.T) {
 	raw := "a: ${A}\nb: ${B:-dflt}\nc: ${C:-}\nd: ${D}\n# comment ${E}\ne: x # ${F}\nf: ${B}${B}\n"
-	out, unset := expandEnv([]byte(raw), env(map[string]string{"A": "1", "C": ""}))
+	lookup := env(map[string]string{"A": "1", "C": ""})
+	out, unset := expand([]byte(raw), lookup, false)
 	want := "a: 1\nb: dflt\nc: \nd: \n# comment \ne: x # \nf: \n"
 	if string(out) != want {
 		t.Errorf("expanded:\n%s\nwant:\n%s", out, want)
 	}
 	if strings.Join(unset, ",") != "B,D" {
 		t.Errorf("unset = %v, want [B D] (comments ignored, each name once)", unset)
+	}
+	// keep (LoadConfigForCheck) leaves the unset references as written.
+	out, unset = expand([]byte(raw), lookup, true)
+	want = "a: 1\nb: dflt\nc: \nd: ${D}\n# comment ${E}\ne: x # ${F}\nf: ${B}${B}\n"
+	if string(out) != want || strings.Join(unset, ",") != "B,D" {
+		t.Errorf("kept:\n%s\nwant:\n%s\nunset = %v, want [B D]", out, want, unset)
 	}
 }
 
@@ -225,11 +240,13 @@ func TestLoadConfigKafkaSecurityFiles(t *testing.T) {
 	write("not-a-cert.pem", "hello\n")
 	base := strings.Replace(minimalConfig, `"${APPID}", secret: "${SECRET}"`, `"wx1", secret_file: secret`, 1)
 	write("secret", "x")
+	write("blank", " \n")
 	for _, tc := range []struct {
 		name, kafka, want string
 	}{
 		{"password file read", "  sasl: {mechanism: SCRAM-SHA-512, username: u, password_file: kafka-password}\n", ""},
 		{"password file missing", "  sasl: {mechanism: PLAIN, username: u, password_file: nope}\n", "kafka.sasl.password_file: open "},
+		{"password file empty", "  sasl: {mechanism: PLAIN, username: u, password_file: blank}\n", "kafka.sasl.password_file: file is empty"},
 		{"ca file missing", "  tls: {enabled: true, ca_file: missing.pem}\n", "kafka.tls.ca_file: open "},
 		{"ca file not PEM", "  tls: {enabled: true, ca_file: not-a-cert.pem}\n", "kafka.tls.ca_file: " + filepath.Join(dir, "not-a-cert.pem") + " holds no PEM certificate"},
 		{"client certificate unreadable", "  tls: {enabled: true, cert_file: not-a-cert.pem, key_file: not-a-cert.pem}\n", "kafka.tls.cert_file: tls: failed to find any PEM data"},
@@ -248,5 +265,67 @@ func TestLoadConfigKafkaSecurityFiles(t *testing.T) {
 				t.Fatalf("LoadConfig = %v, want %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// LoadConfigForCheck lists the Kafka TLS and password files that are not there as needs, without
+// reading the others; a file that is there but wrong is still an error, as at run.
+func TestLoadConfigForCheckKafkaFiles(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "rules"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "not-a-cert.pem"), []byte("hello\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base := strings.Replace(minimalConfig, `"${APPID}", secret: "${SECRET}"`, `wx1, secret: "${SECRET}"`, 1)
+	load := func(kafka string) ([]Need, error) {
+		t.Helper()
+		path := filepath.Join(dir, "c.yaml")
+		if err := os.WriteFile(path, []byte(strings.Replace(base, "events_topic: events\n", "events_topic: events\n"+kafka, 1)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		t.Setenv("SECRET", "s")
+		_, needs, err := LoadConfigForCheck(path)
+		return needs, err
+	}
+	needs, err := load("  tls: {enabled: true, ca_file: ca.pem, cert_file: not-a-cert.pem, key_file: key.pem}\n" +
+		"  sasl: {mechanism: PLAIN, username: u, password_file: secrets/kafka}\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, n := range needs {
+		got = append(got, n.String())
+	}
+	want := []string{
+		"kafka.tls.ca_file: file " + filepath.Join(dir, "ca.pem") + " does not exist",
+		"kafka.tls.key_file: file " + filepath.Join(dir, "key.pem") + " does not exist",
+		"kafka.sasl.password_file: file " + filepath.Join(dir, "secrets/kafka") + " does not exist",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("needs:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if _, err := load("  tls: {enabled: true, ca_file: not-a-cert.pem}\n"); err == nil || !strings.Contains(err.Error(), "kafka.tls.ca_file: ") {
+		t.Errorf("a CA file that is not PEM: %v, want the error run gives", err)
+	}
+}
+
+// kafka.sasl.mechanism picks kafka-go's mechanism; one Validate would refuse is an error here
+// too (a config built without Validate never connects without the SASL it names).
+func TestKafkaSASLMechanism(t *testing.T) {
+	for _, name := range []string{"", saslPlain, saslSCRAMSHA256, saslSCRAMSHA512} {
+		m, err := KafkaSASLConfig{Mechanism: name, Username: "u", Password: "p"}.mechanism()
+		switch {
+		case err != nil:
+			t.Errorf("%q: %v", name, err)
+		case name == "" && m != nil:
+			t.Errorf("no mechanism gave %v", m.Name())
+		case name != "" && (m == nil || m.Name() != name):
+			t.Errorf("%q gave %v", name, m)
+		}
+	}
+	if _, err := (KafkaSASLConfig{Mechanism: "GSSAPI"}).mechanism(); err == nil || err.Error() != `kafka.sasl.mechanism: "GSSAPI" is not PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512` {
+		t.Errorf("GSSAPI: %v", err)
 	}
 }

@@ -2,7 +2,6 @@ package app
 
 import (
 	"context"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -58,9 +57,7 @@ const controlRules = `rules:
 // notification, with the reason, and only the one real send reaches WeChat.
 func TestControlsThroughRun(t *testing.T) {
 	h := newHarness(t, wechatsim.Config{})
-	dir := t.TempDir()
-	writeFile(t, filepath.Join(dir, "orders.yaml"), controlRules)
-	h.cfg.Rules.Path = dir
+	h.rulesDir(controlRules)
 	now, _ := clockFrom(time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)) // events occurred at 10:00Z
 	h.startWith(Options{Now: now})
 
@@ -105,10 +102,8 @@ func TestControlsThroughRun(t *testing.T) {
 // sent with the source event's identity, and the delay topic's offset is committed too.
 func TestQuietHoursDelayThroughRun(t *testing.T) {
 	h := newHarness(t, wechatsim.Config{})
-	dir := t.TempDir()
-	writeFile(t, filepath.Join(dir, "orders.yaml"), reloadRule("night")+
-		`    quiet_hours: {start: "22:00", end: "08:00", zone: Asia/Shanghai, action: delay}`+"\n")
-	h.cfg.Rules.Path = dir
+	h.rulesDir(reloadRule("night") +
+		`    quiet_hours: {start: "22:00", end: "08:00", zone: Asia/Shanghai, action: delay}` + "\n")
 	// 07:59:58.5 in Shanghai when the event is produced: held about 1.5s.
 	now, startClock := clockFrom(time.Date(2026, 11, 22, 23, 59, 58, 500e6, time.UTC))
 	h.startWith(Options{Now: now})

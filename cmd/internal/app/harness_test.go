@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
-	"github.com/segmentio/kafka-go/sasl"
 	"net"
 	"os"
 	"strings"
@@ -14,7 +13,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/sasl"
 	"github.com/sirupsen/logrus"
 	"github.com/twmb/franz-go/pkg/kfake"
 
@@ -157,10 +158,7 @@ func (h *harness) startWith(opts Options) *running {
 	h.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{cancel: cancel, done: make(chan error, 1), reg: prometheus.NewRegistry()}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		h.t.Fatal(err)
-	}
+	ln := newLocalListener(h.t)
 	r.ops = ln.Addr().String()
 	opts.Log, opts.Registry, opts.Listener = h.log, r.reg, ln
 	started := make(chan struct{})
@@ -402,6 +400,60 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// family returns the series of the metric name in reg; the test fails if it has none.
+func family(t *testing.T, reg *prometheus.Registry, name string) []*dto.Metric {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return nil
+}
+
+// sampleValue is the value of a counter's or a gauge's series.
+func sampleValue(m *dto.Metric) float64 {
+	if c := m.GetCounter(); c != nil {
+		return c.GetValue()
+	}
+	return m.GetGauge().GetValue()
+}
+
+// series returns the value of a gauge or counter with no labels, or of the single series of a
+// labelled one; label returns that series' label value.
+func series(t *testing.T, reg *prometheus.Registry, name string) (value float64, label string) {
+	t.Helper()
+	ms := family(t, reg, name)
+	if len(ms) != 1 {
+		t.Fatalf("%s has %d series, want 1", name, len(ms))
+	}
+	if l := ms[0].GetLabel(); len(l) > 0 {
+		label = l[0].GetValue()
+	}
+	return sampleValue(ms[0]), label
+}
+
+// metric returns the value of the counter or gauge name whose labels include labels.
+func metric(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
+	t.Helper()
+next:
+	for _, m := range family(t, reg, name) {
+		for _, lp := range m.GetLabel() {
+			if v, ok := labels[lp.GetName()]; ok && v != lp.GetValue() {
+				continue next
+			}
+		}
+		return sampleValue(m)
+	}
+	t.Fatalf("no metric %s%v", name, labels)
+	return 0
 }
 
 // event builds a sample-shaped event.

@@ -29,7 +29,8 @@ func TestWeChatOutageIsHeldNotFailed(t *testing.T) {
 	})
 	// Held: parked, or waiting in their key's lane behind a parked one (29 users for 40 events).
 	waitFor(t, 20*time.Second, "the subscribe notifications held", func() bool {
-		return metricValue(t, r, "wxnotify_notifications_held") >= 29
+		held, _ := series(t, r.reg, "wxnotify_notifications_held")
+		return held >= 29
 	})
 	var ready readiness
 	getJSON(t, "http://"+r.ops+"/readyz", &ready)
@@ -79,24 +80,4 @@ func getJSON(t *testing.T, url string, v any) {
 	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
 		t.Fatal(fmt.Errorf("%s: %w", url, err))
 	}
-}
-
-// metricValue returns the value of an unlabelled gauge or counter of the running processor.
-func metricValue(t *testing.T, r *running, name string) float64 {
-	t.Helper()
-	mfs, err := r.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name && len(mf.Metric) == 1 {
-			m := mf.Metric[0]
-			if m.Gauge != nil {
-				return m.Gauge.GetValue()
-			}
-			return m.Counter.GetValue()
-		}
-	}
-	t.Fatalf("no metric %s", name)
-	return 0
 }

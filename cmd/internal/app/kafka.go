@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -43,44 +44,31 @@ func newKafkaClient(cfg *Config, reg prometheus.Registerer, log logrus.FieldLogg
 // test setups. Events topics are the producers' and never created.
 func ensureTopics(ctx context.Context, kc *kafkaio.Client, cfg *Config, log logrus.FieldLogger) error {
 	k := cfg.Kafka
-	type want struct{ key, topic string }
-	wants := []want{}
-	for _, t := range k.EventsTopic {
-		wants = append(wants, want{"kafka.events_topic", t})
-	}
-	wants = append(wants, want{"kafka.outcomes_topic", k.OutcomesTopic}, want{"kafka.dead_letter_topic", k.DeadLetterTopic},
-		want{"kafka.delay_topic", k.DelayTopic})
-	names := make([]string, len(wants))
-	for i, w := range wants {
-		names[i] = w.topic
-	}
-	have, err := kc.Topics(ctx, names...)
+	have, err := kc.Topics(ctx, append(slices.Clone(k.EventsTopic), k.OutcomesTopic, k.DeadLetterTopic, k.DelayTopic)...)
 	if err != nil {
 		return fmt.Errorf("kafka: checking the topics: %w", err)
 	}
-	events, ok := have[k.EventsTopic[0]]
-	if !ok {
-		return fmt.Errorf("kafka.events_topic: topic %q does not exist (wxnotify never creates the events topics)", k.EventsTopic[0])
+	for _, t := range k.EventsTopic {
+		if _, ok := have[t]; !ok {
+			return fmt.Errorf("kafka.events_topic: topic %q does not exist (wxnotify never creates the events topics)", t)
+		}
 	}
+	events := have[k.EventsTopic[0]].Partitions
 	var create []kafkaio.TopicSpec
 	var missing []string
-	for _, w := range wants {
+	for _, w := range []struct {
+		key, topic string
+		parts      int
+	}{{"kafka.outcomes_topic", k.OutcomesTopic, events}, {"kafka.dead_letter_topic", k.DeadLetterTopic, 1}, {"kafka.delay_topic", k.DelayTopic, events}} {
 		if _, ok := have[w.topic]; ok {
 			continue
 		}
-		if w.key == "kafka.events_topic" {
-			return fmt.Errorf("%s: topic %q does not exist (wxnotify never creates the events topics)", w.key, w.topic)
-		}
-		parts := events.Partitions
-		if w.key == "kafka.dead_letter_topic" {
-			parts = 1
-		}
 		if k.CreateTopics {
-			create = append(create, kafkaio.TopicSpec{Name: w.topic, Partitions: parts, ReplicationFactor: -1})
+			create = append(create, kafkaio.TopicSpec{Name: w.topic, Partitions: w.parts, ReplicationFactor: -1})
 			continue
 		}
 		missing = append(missing, fmt.Sprintf("%s: topic %q does not exist; create it (kafka-topics.sh --bootstrap-server %s --create --topic %s --partitions %d) or, for local and test setups, set kafka.create_topics: true",
-			w.key, w.topic, k.Brokers[0], w.topic, parts))
+			w.key, w.topic, k.Brokers[0], w.topic, w.parts))
 	}
 	if len(missing) > 0 {
 		return fmt.Errorf("%s", strings.Join(missing, "\n"))

@@ -74,7 +74,7 @@ func (s KafkaSASLConfig) validate() []error {
 		return errs
 	case saslPlain, saslSCRAMSHA256, saslSCRAMSHA512:
 	default:
-		errs = append(errs, fmt.Errorf("kafka.sasl.mechanism: %q is not PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", s.Mechanism))
+		errs = append(errs, unknownMechanism(s.Mechanism))
 	}
 	if s.Username == "" {
 		errs = append(errs, errors.New("kafka.sasl.username: empty (set the environment variable it names)"))
@@ -106,5 +106,9 @@ func (s KafkaSASLConfig) mechanism() (sasl.Mechanism, error) {
 		}
 		return m, nil
 	}
-	return nil, fmt.Errorf("kafka.sasl.mechanism: %q is not PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", s.Mechanism)
+	return nil, unknownMechanism(s.Mechanism)
+}
+
+func unknownMechanism(m string) error {
+	return fmt.Errorf("kafka.sasl.mechanism: %q is not PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", m)
 }

@@ -2,9 +2,8 @@ package app
 
 import (
 	"io"
-	"net"
 	"net/http"
-	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"testing"
@@ -36,10 +35,7 @@ func getBody(t *testing.T, url string) (int, string) {
 // reload clears it, and the new set's rules get their series at once.
 func TestReadyzAndMetricsFollowReloads(t *testing.T) {
 	h := newHarness(t, wechatsim.Config{})
-	dir := t.TempDir()
-	path := filepath.Join(dir, "orders.yaml")
-	writeFile(t, path, reloadRule("v1"))
-	h.cfg.Rules.Path = dir
+	path := h.rulesDir(reloadRule("v1"))
 	var mu sync.Mutex
 	var reloaded []string
 	r := h.startWith(Options{
@@ -114,13 +110,9 @@ func TestReadyzAndMetricsFollowReloads(t *testing.T) {
 func TestPProfIsOffUnlessConfigured(t *testing.T) {
 	for _, on := range []bool{false, true} {
 		cfg := &Config{HTTP: HTTPConfig{PProf: on}}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
 		log := logrus.New()
 		log.SetOutput(io.Discard)
-		srv, addr, err := serveOps(cfg, ln, prometheus.NewRegistry(), func() readiness { return readiness{Ready: true} }, log)
+		srv, addr, err := serveOps(cfg, newLocalListener(t), prometheus.NewRegistry(), func() readiness { return readiness{Ready: true} }, log)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -149,7 +141,27 @@ func TestReadBuild(t *testing.T) {
 		t.Errorf("String() = %q", s)
 	}
 	// A test binary has no main module version and no VCS stamp.
-	if b := ReadBuild("", ""); b.Version != "devel" || b.Revision == "" {
+	if b := ReadBuild("", ""); b.Version != "devel" || b.Revision != "unknown" {
 		t.Errorf("unstamped: %+v", b)
+	}
+	// Unstamped, what the toolchain recorded: the module version of `go install ...@v1.2.3`
+	// and the VCS revision of a build in a checkout, "-dirty" with uncommitted changes.
+	vcs := func(modified string) []debug.BuildSetting {
+		return []debug.BuildSetting{{Key: "vcs.revision", Value: "fedcba9"}, {Key: "vcs.modified", Value: modified}}
+	}
+	for _, tc := range []struct {
+		name                      string
+		version, revision         string
+		info                      *debug.BuildInfo
+		wantVersion, wantRevision string
+	}{
+		{"go install", "", "", &debug.BuildInfo{Main: debug.Module{Version: "v1.2.3"}}, "v1.2.3", "unknown"},
+		{"checkout", "", "", &debug.BuildInfo{Main: debug.Module{Version: "(devel)"}, Settings: vcs("false")}, "devel", "fedcba9"},
+		{"dirty checkout", "", "", &debug.BuildInfo{Settings: vcs("true")}, "devel", "fedcba9-dirty"},
+		{"stamps win", "v2.0.0", "0123abc", &debug.BuildInfo{Main: debug.Module{Version: "v1.2.3"}, Settings: vcs("true")}, "v2.0.0", "0123abc"},
+	} {
+		if b := readBuild(tc.version, tc.revision, tc.info); b.Version != tc.wantVersion || b.Revision != tc.wantRevision {
+			t.Errorf("%s: %+v, want version %s, revision %s", tc.name, b, tc.wantVersion, tc.wantRevision)
+		}
 	}
 }

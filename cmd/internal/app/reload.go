@@ -100,17 +100,16 @@ func (r *reloader) reload(why string) error {
 		failure := &reloadFailure{At: time.Now().UTC().Format(time.RFC3339)}
 		var le *rules.LoadError
 		if errors.As(err, &le) {
-			for _, p := range le.Problems {
+			for i, p := range le.Problems {
 				r.log.WithFields(fields).Error(p.String())
+				if i < maxReadyProblems {
+					failure.Problems = append(failure.Problems, p.String())
+				}
+			}
+			if n := len(le.Problems) - maxReadyProblems; n > 0 {
+				failure.Problems = append(failure.Problems, fmt.Sprintf("... and %d more (see the log)", n))
 			}
 			fields["problems"] = len(le.Problems)
-			for i, p := range le.Problems {
-				if i == maxReadyProblems {
-					failure.Problems = append(failure.Problems, fmt.Sprintf("... and %d more (see the log)", len(le.Problems)-i))
-					break
-				}
-				failure.Problems = append(failure.Problems, p.String())
-			}
 		} else {
 			fields["error"] = err.Error()
 			failure.Problems = []string{err.Error()}

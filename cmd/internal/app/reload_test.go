@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sirupsen/logrus"
 
 	"github.com/wxnotify/wxnotify/processor"
 	"github.com/wxnotify/wxnotify/sink/wechatsim"
@@ -40,32 +41,15 @@ func writeFile(t *testing.T, path, content string) {
 	}
 }
 
-// series returns the value of a gauge or counter with no labels, or of the single series of a
-// labelled one; label returns that series' label value.
-func series(t *testing.T, reg *prometheus.Registry, name string) (value float64, label string) {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		ms := mf.GetMetric()
-		if len(ms) != 1 {
-			t.Fatalf("%s has %d series, want 1", name, len(ms))
-		}
-		if l := ms[0].GetLabel(); len(l) > 0 {
-			label = l[0].GetValue()
-		}
-		if c := ms[0].GetCounter(); c != nil {
-			return c.GetValue(), label
-		}
-		return ms[0].GetGauge().GetValue(), label
-	}
-	t.Fatalf("no metric %s", name)
-	return 0, ""
+// rulesDir writes content as orders.yaml in a new directory, makes that directory the
+// config's rules path (read and watched by Run when Options.Rules is nil) and returns the
+// file's path.
+func (h *harness) rulesDir(content string) string {
+	h.t.Helper()
+	path := filepath.Join(h.t.TempDir(), "orders.yaml")
+	writeFile(h.t, path, content)
+	h.cfg.Rules.Path = filepath.Dir(path)
+	return path
 }
 
 func rulesVersion(t *testing.T, r *running) string {
@@ -118,9 +102,7 @@ func exactlyOneOutcomeEach(t *testing.T, outs []processor.Outcome, ids ...string
 // second by the new one, each exactly once.
 func TestReloadSwitchesRulesBetweenEvents(t *testing.T) {
 	h := newHarness(t, wechatsim.Config{})
-	dir := t.TempDir()
-	writeFile(t, filepath.Join(dir, "orders.yaml"), reloadRule("v1"))
-	h.cfg.Rules.Path = dir
+	path := h.rulesDir(reloadRule("v1"))
 	r := h.startWith(Options{})
 	h.produce("events", event("e-1", "order.paid", "u1"))
 	h.outcomes(1, 20*time.Second)
@@ -130,7 +112,7 @@ func TestReloadSwitchesRulesBetweenEvents(t *testing.T) {
 	}
 	before, _ := series(t, r.reg, "wxnotify_rules_last_reload_success_timestamp_seconds")
 
-	writeFile(t, filepath.Join(dir, "orders.yaml"), reloadRule("v2")) // in place, as `cat >` would
+	writeFile(t, path, reloadRule("v2")) // in place, as `cat >` would
 	v2 := waitForVersionChange(t, r, v1)
 	h.produce("events", event("e-2", "order.paid", "u2"))
 	outs := exactlyOneOutcomeEach(t, h.outcomes(2, 20*time.Second), "e-1", "e-2")
@@ -157,10 +139,7 @@ func TestReloadSwitchesRulesBetweenEvents(t *testing.T) {
 // says so; fixing the file recovers.
 func TestReloadRejectsBrokenRulesAndKeepsTheOldSet(t *testing.T) {
 	h := newHarness(t, wechatsim.Config{})
-	dir := t.TempDir()
-	path := filepath.Join(dir, "orders.yaml")
-	writeFile(t, path, reloadRule("v1"))
-	h.cfg.Rules.Path = dir
+	path := h.rulesDir(reloadRule("v1"))
 	r := h.startWith(Options{})
 	v1 := rulesVersion(t, r)
 
@@ -264,5 +243,33 @@ func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A rejected reload with more problems than /readyz lists shows the first maxReadyProblems and
+// how many more the log has; the log has every one.
+func TestReloadFailureListsAtMostMaxReadyProblems(t *testing.T) {
+	dir := t.TempDir()
+	var text strings.Builder
+	text.WriteString("rules:\n")
+	const n = maxReadyProblems + 5
+	for i := range n {
+		fmt.Fprintf(&text, "  - {name: r%d, when: 'event.type ===', account: weapp, api: subscribeMessage.send, message: {touser: x, template_id: T, data: {thing1: {value: x}}}}\n", i)
+	}
+	writeFile(t, filepath.Join(dir, "orders.yaml"), text.String())
+	cfg := &Config{Rules: RulesConfig{Path: dir, Zone: "UTC"}, WeChat: WeChatConfig{Accounts: map[string]AccountConfig{"weapp": {}}}}
+	buf := &syncBuffer{}
+	log := logrus.New()
+	log.SetOutput(buf)
+	r := newReloader(cfg, &ruleHolder{}, prometheus.NewRegistry(), log)
+	if err := r.reload("test"); err == nil {
+		t.Fatal("reload of broken rules succeeded")
+	}
+	f := r.lastFailure()
+	if f == nil || len(f.Problems) != maxReadyProblems+1 || f.Problems[maxReadyProblems] != "... and 5 more (see the log)" {
+		t.Fatalf("failure = %+v, want %d problems and a line saying 5 more", f, maxReadyProblems)
+	}
+	if got := strings.Count(buf.String(), "when: unexpected token"); got != n {
+		t.Errorf("the log has %d problems, want all %d", got, n)
 	}
 }
